@@ -1,0 +1,199 @@
+"""Corrupted inputs: each is rejected with a message naming the file, the rule and the offending row, and no
+validated output is written (an existing one is left exactly as it was)."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from leadre.config import Params
+from leadre.data.tables import DataError
+from leadre.data.validate import run_validate
+
+
+@dataclass
+class Corruption:
+    name: str
+    corrupt: Callable[[Path], int | None]  # changes the source folder; returns the offending 1-based row, if one
+    file: str
+    rule: str
+
+
+Change = Callable[[pd.DataFrame], tuple[pd.DataFrame, int | None]]
+
+
+def _edit(table: str, change: Change) -> Callable[[Path], int | None]:
+    def corrupt(folder: Path) -> int | None:
+        frame, row = change(pd.read_parquet(folder / f"{table}.parquet"))
+        frame.to_parquet(folder / f"{table}.parquet", index=False)
+        return row
+    return corrupt
+
+
+def _set(frame: pd.DataFrame, row: int, column: str, value) -> tuple[pd.DataFrame, int]:
+    """Put `value` at 0-based `row`, widening the column's type as a careless writer would; return the 1-based row."""
+    frame = frame.copy()
+    if frame[column].dtype.name == "category" and value not in frame[column].cat.categories:
+        frame[column] = frame[column].astype(str)
+    elif isinstance(value, str) and frame[column].dtype.kind in "iuf":
+        frame[column] = frame[column].astype(str)  # numbers stored as text, one of them not a number
+    elif value is None and frame[column].dtype.kind in "iu":
+        frame[column] = frame[column].astype("Int64")
+    frame.loc[row, column] = value
+    return frame, row + 1
+
+
+def _first(frame: pd.DataFrame, mask) -> int:
+    return int(mask.to_numpy().nonzero()[0][0])
+
+
+def _ad_event_row(frame):
+    return _first(frame, frame["action"] == "click_ad")
+
+
+def _duplicate_event(frame):
+    row = 10
+    return pd.concat([frame.iloc[: row + 1], frame.iloc[[row]], frame.iloc[row + 1:]], ignore_index=True), row + 2
+
+
+def _swap_two_events_of_a_user(frame):
+    frame = frame.copy()
+    row = _first(frame, frame["user_id"].shift(-1) == frame["user_id"])
+    frame.loc[[row, row + 1], "ts"] = frame.loc[[row + 1, row], "ts"].to_numpy()
+    return frame, row + 2  # the second of the pair now goes back in time
+
+
+def _launch_clicked_ad_after_its_clicks(folder: Path) -> int:
+    events = pd.read_parquet(folder / "events.parquet")
+    ads = pd.read_parquet(folder / "ads.parquet")
+    row = _ad_event_row(events)
+    ad_id = events.loc[row, "object_id"]
+    first_event = _first(events, events["object_id"] == ad_id)
+    ads.loc[ads["ad_id"] == ad_id, "created_at"] = events.loc[events["object_id"] == ad_id, "ts"].max()
+    ads.to_parquet(folder / "ads.parquet", index=False)
+    return first_event + 1
+
+
+def _empty_file(table: str):
+    def corrupt(folder: Path) -> None:
+        (folder / f"{table}.parquet").write_bytes(b"")
+    return corrupt
+
+
+def _as_csv(table: str, edit: Callable[[bytes], tuple[bytes, int | None]]):
+    """Replace the table's Parquet file by a CSV, then edit the CSV's bytes."""
+    def corrupt(folder: Path) -> int | None:
+        frame = pd.read_parquet(folder / f"{table}.parquet")
+        (folder / f"{table}.parquet").unlink()
+        data, row = edit(frame.to_csv(index=False).encode())
+        (folder / f"{table}.csv").write_bytes(data)
+        return row
+    return corrupt
+
+
+def _latin1_in_line(data: bytes) -> tuple[bytes, int]:
+    lines = data.split(b"\n")
+    lines[7] = lines[7].replace(b"e", "\u00e9".encode("latin-1"), 1)  # a lone 0xE9: valid Latin-1, invalid UTF-8
+    return b"\n".join(lines), 7  # line 8 of the file is data row 7
+
+
+def _header_only(data: bytes) -> tuple[bytes, None]:
+    return data.split(b"\n")[0] + b"\n", None
+
+
+def _unparseable_time(data: bytes) -> tuple[bytes, int]:
+    lines = data.split(b"\n")
+    fields = lines[3].split(b",")
+    fields[1] = b"yesterday"
+    lines[3] = b",".join(fields)
+    return b"\n".join(lines), 3
+
+
+CORRUPTIONS = [
+    Corruption("missing column", _edit("ads", lambda f: (f.drop(columns=["ecpm"]), None)), "ads.parquet",
+               "required column present"),
+    Corruption("wrong type", _edit("events", lambda f: _set(f, 3, "object_id", "abc")), "events.parquet",
+               "values are of type int"),
+    Corruption("null id", _edit("users", lambda f: _set(f, 2, "user_id", None)), "users.parquet", "not null"),
+    Corruption("duplicate id", _edit("contents", lambda f: _set(f, 5, "content_id", int(f.loc[4, "content_id"]))),
+               "contents.parquet", "unique"),
+    Corruption("unknown object id", _edit("events", lambda f: _set(f, _ad_event_row(f), "object_id", 999)),
+               "events.parquet", "event's object exists in its domain's table"),
+    Corruption("unknown user", _edit("events", lambda f: _set(f, 0, "user_id", 987654321)), "events.parquet",
+               "event's user exists in users"),
+    Corruption("future timestamp", _edit("events", lambda f: _set(f, len(f) - 1, "ts",
+                                                                  pd.Timestamp("2030-01-01", tz="UTC"))),
+               "events.parquet", "event before the snapshot"),
+    Corruption("duplicate event", _edit("events", _duplicate_event), "events.parquet", "no duplicate event"),
+    Corruption("unordered timestamps", _edit("events", _swap_two_events_of_a_user), "events.parquet",
+               "timestamps ordered per user"),
+    Corruption("empty file", _empty_file("events"), "events.parquet", "file is not empty"),
+    Corruption("header-only table", _as_csv("queries", _header_only), "queries.csv", "table has at least one row"),
+    Corruption("non-UTF-8 text", _as_csv("contents", _latin1_in_line), "contents.csv", "text is UTF-8"),
+    Corruption("unparseable timestamp", _as_csv("events", _unparseable_time), "events.csv",
+               "values are of type timestamp"),
+    Corruption("negative eCPM", _edit("ads", lambda f: _set(f, 4, "ecpm", -3.5)), "ads.parquet", "value > 0"),
+    Corruption("blank title", _edit("contents", lambda f: _set(f, 6, "title", "   ")), "contents.parquet",
+               "text is not blank"),
+    Corruption("unknown action", _edit("events", lambda f: _set(f, 8, "action", "like")), "events.parquet",
+               "one of click_ad"),
+    Corruption("action of another domain", _edit("events", lambda f: _set(f, _first(f, f["domain"] == "search"),
+                                                                          "action", "click_ad")),
+               "events.parquet", "action allowed for the domain"),
+    Corruption("age out of range", _edit("users", lambda f: _set(f, 9, "age", 7)), "users.parquet", "value >= 13"),
+    Corruption("one-level industry", _edit("ads", lambda f: _set(f, 1, "industry", "Finance")), "ads.parquet",
+               "matches ^[a-z0-9_]+/[a-z0-9_]+$"),
+    Corruption("expiry before launch", _edit("ads", lambda f: _set(f, 2, "expires_at", f.loc[2, "created_at"]
+                                                                    - pd.Timedelta(days=1))),
+               "ads.parquet", "expires_at after created_at"),
+    Corruption("status contradicts expiry", _edit("ads", lambda f: _set(
+        f, _first(f, f["status"] == "active"), "status", "expired")), "ads.parquet", "status is expired exactly when"),
+    Corruption("ad clicked before launch", _launch_clicked_ad_after_its_clicks, "events.parquet",
+               "ad event not before the ad's created_at"),
+]
+
+
+def _fingerprint(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("case", CORRUPTIONS, ids=[c.name for c in CORRUPTIONS])
+def test_corrupted_input_is_rejected_with_file_rule_and_row(workspace: Params, case: Corruption):
+    source = workspace.path(workspace.data.generated_dir)
+    row = case.corrupt(source)
+    with pytest.raises(DataError) as caught:
+        run_validate(workspace)
+    message = str(caught.value)
+    finding = next((f for f in caught.value.findings if case.rule in f.rule), None)
+    assert finding is not None, f"expected rule {case.rule!r} in:\n{message}"
+    assert Path(finding.file).name == case.file
+    assert case.file in message and case.rule in message
+    if row is not None:
+        assert row in finding.rows and f"row {row}" in message
+    assert not workspace.path(workspace.data.validated_dir).exists()
+
+
+def test_failed_validation_keeps_previous_validated_data(workspace: Params):
+    run_validate(workspace)
+    validated = workspace.path(workspace.data.validated_dir)
+    before = _fingerprint(validated)
+    _edit("ads", lambda f: _set(f, 4, "ecpm", -1.0))(workspace.path(workspace.data.generated_dir))
+    with pytest.raises(DataError, match="value > 0"):
+        run_validate(workspace)
+    assert _fingerprint(validated) == before
+
+
+def test_reports_are_written_for_a_failure_too(workspace: Params):
+    _edit("ads", lambda f: _set(f, 4, "ecpm", -1.0))(workspace.path(workspace.data.generated_dir))
+    with pytest.raises(DataError):
+        run_validate(workspace)
+    import json
+    summary = json.loads((workspace.path(workspace.validation.reports_dir) / "summary.json").read_text())
+    assert summary["status"] == "failed"
+    assert summary["failures"][0]["rows"] == [5] and summary["failures"][0]["column"] == "ecpm"

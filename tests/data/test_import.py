@@ -1,0 +1,61 @@
+"""Bring-your-own-data: CSV or Parquet in the contract, with a column mapping, through import and validation."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import yaml
+
+from leadre.config import Params
+from leadre.data.contracts import TABLES
+from leadre.data.importer import run_import
+from leadre.data.tables import DataError, read_tables
+from leadre.data.validate import run_validate
+
+RENAMED = {"events": {"object_id": "item_id", "ts": "event_time"}, "ads": {"ecpm": "expected_cpm"}}
+
+
+def _export_as_logs(params: Params, folder):
+    """Write the generated world as a user's own logs: CSV files, some columns under other names."""
+    folder.mkdir()
+    for name, frame in read_tables(params.path(params.data.generated_dir)).items():
+        frame.rename(columns={ours: theirs for ours, theirs in RENAMED.get(name, {}).items()}).to_csv(
+            folder / f"{name}.csv", index=False)
+    mapping = folder / "mapping.yaml"
+    mapping.write_text(yaml.safe_dump({name: {"columns": cols} for name, cols in RENAMED.items()}))
+    return mapping
+
+
+def test_csv_logs_with_mapping_import_then_validate(workspace: Params, tmp_path):
+    mapping = _export_as_logs(workspace, tmp_path / "logs")
+    counts = run_import(workspace, tmp_path / "logs", mapping)
+    imported = workspace.path(workspace.data.imported_dir)
+    original = read_tables(workspace.path(workspace.data.generated_dir))
+    assert counts == {name: len(original[name]) for name in TABLES}
+    for name, frame in read_tables(imported).items():
+        pd.testing.assert_frame_equal(frame, original[name], check_dtype=False, check_categorical=False)
+    summary = run_validate(workspace, source_dir=imported)
+    assert summary["status"] == "passed"
+    assert workspace.path(workspace.data.validated_dir).joinpath("events.parquet").exists()
+
+
+def test_mapping_naming_a_missing_column_fails_and_writes_nothing(workspace: Params, tmp_path):
+    mapping = _export_as_logs(workspace, tmp_path / "logs")
+    mapping.write_text(yaml.safe_dump({"events": {"columns": {"object_id": "itemid"}}}))
+    with pytest.raises(DataError, match=r"events.csv, column 'itemid': rule 'mapped column exists'"):
+        run_import(workspace, tmp_path / "logs", mapping)
+    assert not workspace.path(workspace.data.imported_dir).exists()
+
+
+def test_mapping_for_an_unknown_table_is_rejected(workspace: Params, tmp_path):
+    mapping = tmp_path / "mapping.yaml"
+    mapping.write_text(yaml.safe_dump({"clicks": {"columns": {}}}))
+    with pytest.raises(DataError, match="unknown table 'clicks'"):
+        run_import(workspace, tmp_path, mapping)
+
+
+def test_missing_table_file_is_named(workspace: Params, tmp_path):
+    _export_as_logs(workspace, tmp_path / "logs")
+    (tmp_path / "logs" / "queries.csv").unlink()
+    with pytest.raises(DataError, match=r"queries.parquet: rule 'table file exists'.*queries.parquet or queries.csv"):
+        run_import(workspace, tmp_path / "logs")
