@@ -101,7 +101,8 @@ def _read_parquet(path: Path, table: Table) -> pd.DataFrame:
                 raise DataError([Finding(str(path), "text is UTF-8", table.name, f.name, len(bad),
                                          rows=[r + 1 for r in bad[:5]], examples=[repr(values[r]) for r in bad[:5]])])
             arrow = arrow.set_column(i, f.name, pa.array([None if v is None else v.decode() for v in values]))
-    return arrow.to_pandas()
+    # self_destruct frees each Arrow column as it is converted: the table is not held twice at 40M rows.
+    return arrow.to_pandas(self_destruct=True, split_blocks=True)
 
 
 def _is_utf8(value: bytes) -> bool:
@@ -113,31 +114,51 @@ def _is_utf8(value: bytes) -> bool:
 
 
 def _coerce(series: pd.Series, column: Column) -> tuple[pd.Series, np.ndarray]:
-    """Cast to the contract type; also return a mask of values present but not convertible."""
-    present = series.notna().to_numpy()
+    """Cast to the contract type; also return a mask of values present but not convertible.
+
+    Columns already of the right type (what Parquet written by this platform holds) pass without per-row work:
+    at 40M events a per-row Python check costs minutes and gigabytes.
+    """
+    none_bad = np.zeros(len(series), dtype=bool)
+    dtype = series.dtype
     if column.kind in ("int", "float"):
-        if pd.api.types.is_bool_dtype(series):
-            return series, present  # booleans are not numbers here
+        if pd.api.types.is_bool_dtype(dtype):
+            return series, series.notna().to_numpy()  # booleans are not numbers here
+        if column.kind == "int" and pd.api.types.is_integer_dtype(dtype):
+            return series.astype("Int64" if series.isna().any() else "int64"), none_bad
+        if column.kind == "float" and pd.api.types.is_numeric_dtype(dtype):
+            return series.astype("float64"), none_bad
+        present = series.notna().to_numpy()
         values = pd.to_numeric(series, errors="coerce")
         bad = present & values.isna().to_numpy()
         if column.kind == "int":
             fractional = values.notna().to_numpy() & (values.fillna(0) % 1 != 0).to_numpy()
-            bad |= fractional
             values = values.where(~fractional)
-            return values.astype("Int64" if values.isna().any() else "int64"), bad
+            return values.astype("Int64" if values.isna().any() else "int64"), bad | fractional
         return values.astype("float64"), bad
     if column.kind == "timestamp":
-        if pd.api.types.is_datetime64_any_dtype(series):
+        if pd.api.types.is_datetime64_any_dtype(dtype):
             values = series.dt.tz_localize("UTC") if series.dt.tz is None else series.dt.tz_convert("UTC")
-        else:  # text: ISO-8601; a value without an offset is read as UTC
-            values = pd.to_datetime(series.astype("string"), utc=True, errors="coerce", format="ISO8601")
-        return values.astype("datetime64[ms, UTC]"), present & values.isna().to_numpy()
-    text = series.astype("string").astype(object).where(series.notna(), None)
-    if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
-        return text.astype("str"), np.zeros(len(series), dtype=bool)
-    bad = present & ~series.map(lambda v: isinstance(v, str), na_action="ignore").fillna(True).to_numpy(dtype=bool)
-    values = text.astype("category") if column.kind == "category" else text.astype("str")
-    return values, bad
+            return values.astype("datetime64[ms, UTC]"), none_bad
+        # text: ISO-8601; a value without an offset is read as UTC
+        values = pd.to_datetime(series.astype("string"), utc=True, errors="coerce", format="ISO8601")
+        return values.astype("datetime64[ms, UTC]"), series.notna().to_numpy() & values.isna().to_numpy()
+    if isinstance(dtype, pd.CategoricalDtype):
+        bad_labels = [c for c in dtype.categories if not isinstance(c, str)]
+        if not bad_labels:
+            return (series if column.kind == "category" else series.astype("str")), none_bad
+        series = series.astype(object)
+    if pd.api.types.is_string_dtype(dtype) and not pd.api.types.is_object_dtype(dtype):
+        return (series.astype("category") if column.kind == "category" else series), none_bad
+    if pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_datetime64_any_dtype(dtype):
+        text = series.astype("string").astype(object).where(series.notna(), None)  # numbers written as text are text
+        bad = none_bad
+    else:  # object column: every present value must already be text
+        text = series
+        bad = series.notna().to_numpy() & ~series.map(lambda v: isinstance(v, str), na_action="ignore").fillna(
+            True).to_numpy(dtype=bool)
+    values = text.where(~bad, None).astype("str")
+    return (values.astype("category") if column.kind == "category" else values), bad
 
 
 def load_table(path: Path | str, name: str, column_map: Mapping[str, str] | None = None) -> pd.DataFrame:

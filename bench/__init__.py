@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m bench` (or `make bench`). Targets live here, never in timed unit tests."""

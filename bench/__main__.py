@@ -1,0 +1,26 @@
+"""`python -m bench [--scales default,100k,1m]`: run the benchmarks and print a table (also saved as JSON)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from bench import data
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--scales", default="default,100k,1m", help="world scales from params.yaml")
+    args = parser.parse_args()
+    rows = data.main(args.scales.split(","))
+    print(data.report(rows))
+    out = Path(__file__).parent / "results" / f"data-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(rows, indent=2))
+    print(f"\nsaved {out}")
+
+
+if __name__ == "__main__":
+    main()
