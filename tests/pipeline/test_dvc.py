@@ -51,6 +51,8 @@ def test_repro_runs_generate_and_validate_then_is_up_to_date(clone: Path):
     assert (clone / "data/validated/events.parquet").exists()
     lock = yaml.safe_load((clone / "dvc.lock").read_text())
     assert set(lock["stages"]) == {"generate", "validate"}
+    docs = (clone / "reports/validation/data_docs/index.html").read_text()
+    assert "events" in docs and "ads" in docs  # the GX data docs site lists every suite's run
     metrics = json.loads((clone / "reports/validation_metrics.json").read_text())
     assert metrics["passed"] and metrics["rows"]["users"] == 400
     assert "didn't change" in _run(clone, "dvc", "repro") or "up to date" in _run(clone, "dvc", "status")
