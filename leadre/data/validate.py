@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -96,8 +97,9 @@ def table_rules(table: Table, snapshot: datetime) -> list[Rule]:
     return rules
 
 
-def cross_table_frames(tables: dict[str, pd.DataFrame], snapshot: datetime) -> dict[str, pd.DataFrame]:
-    """Frames for rules that span tables, indexed by the rows of the table they report on."""
+def event_references_frame(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Per event row: do its user and object exist, is an ad event inside the ad's life, is the user's time order
+    kept, does the action fit the domain and the content kind. Index = the event's row."""
     events, ads = tables["events"], tables["ads"]
     object_id = events["object_id"].to_numpy()
     known_object = np.zeros(len(events), dtype=bool)
@@ -112,21 +114,22 @@ def cross_table_frames(tables: dict[str, pd.DataFrame], snapshot: datetime) -> d
             ad_row[in_domain] = rows
         if dom == "content":
             content_kind[np.flatnonzero(in_domain)[rows >= 0]] = kind_codes[rows[rows >= 0]]
+    del object_id
     ts = _epoch_ms(events["ts"])
-    has_ad = ad_row >= 0
     created, expires = _epoch_ms(ads["created_at"]), _epoch_ms(ads["expires_at"])
-    snapshot_ms = pd.Timestamp(snapshot).value // 1_000_000
-    expired_by_time = np.where(np.isnan(expires), -1, (expires <= snapshot_ms).astype(int))
-    since_launch = np.full(len(events), np.nan)
-    before_expiry = np.full(len(events), np.nan)
+    has_ad = np.flatnonzero(ad_row >= 0)
+    # The rules only test the sign of these gaps; float32 keeps sign and zero exactly at half the memory.
+    since_launch = np.full(len(events), np.nan, dtype=np.float32)
+    before_expiry = np.full(len(events), np.nan, dtype=np.float32)
     since_launch[has_ad] = ts[has_ad] - created[ad_row[has_ad]]
     before_expiry[has_ad] = expires[ad_row[has_ad]] - ts[has_ad]
-    del created, expires, ad_row, has_ad, object_id
+    del ad_row, has_ad
     user = events["user_id"].to_numpy()
-    since_previous = np.full(len(events), np.nan)
+    since_previous = np.full(len(events), np.nan, dtype=np.float32)
     same_user = np.flatnonzero(user[1:] == user[:-1]) + 1  # "ordered per user" means in file order within a user
     since_previous[same_user] = ts[same_user] - ts[same_user - 1]
-    references = pd.DataFrame({
+    del same_user, ts
+    return pd.DataFrame({
         "user_known": _lookup(tables["users"]["user_id"].to_numpy(), user) >= 0,
         "object_known": known_object,
         "ms_since_ad_launch": since_launch,
@@ -135,9 +138,15 @@ def cross_table_frames(tables: dict[str, pd.DataFrame], snapshot: datetime) -> d
         "domain_action": _pair_labels(_codes(events["domain"]), _codes(events["action"])),
         "action_content_kind": _pair_labels(_codes(events["action"]), (content_kind, kind_labels)),
     }, copy=False)  # the arrays are ours: no second copy of 40M-row columns
-    lifecycle = pd.DataFrame({"status_expired_by_time": _pair_labels(_codes(ads["status"]),
-                                                                     (expired_by_time, np.array(["no", "yes"])))})
-    return {EVENT_REFERENCES: references, AD_LIFECYCLE: lifecycle}
+
+
+def ad_lifecycle_frame(tables: dict[str, pd.DataFrame], snapshot: datetime) -> pd.DataFrame:
+    """Per ad row: its status next to whether its expiry has passed at the snapshot."""
+    expires = _epoch_ms(tables["ads"]["expires_at"])
+    snapshot_ms = pd.Timestamp(snapshot).value // 1_000_000
+    expired_by_time = np.where(np.isnan(expires), -1, (expires <= snapshot_ms).astype(int))
+    return pd.DataFrame({"status_expired_by_time": _pair_labels(_codes(tables["ads"]["status"]),
+                                                                (expired_by_time, np.array(["no", "yes"])))})
 
 
 def _codes(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -214,9 +223,13 @@ def _quote(frame: pd.DataFrame, row: int, columns: tuple[str, ...]) -> str:
     return ", ".join(f"{c}={v!r}" if isinstance(v, str) else f"{c}={v}" for c, v in values.items())
 
 
-def run_suites(frames: dict[str, pd.DataFrame], rules: list[Rule], tables: dict[str, pd.DataFrame],
+def run_suites(frames: dict[str, Callable[[], pd.DataFrame]], rules: list[Rule], tables: dict[str, pd.DataFrame],
                files: dict[str, Path], examples: int, docs_dir: Path | None) -> tuple[list[Finding], dict]:
-    """Validate every frame against its suite in one GX checkpoint; return findings and per-table counts."""
+    """Validate every frame against its suite; return findings and per-table counts.
+
+    Frames come as callables, built just before their suite runs and dropped after it: at 40M events a derived
+    frame held while GX checks another costs gigabytes of peak memory.
+    """
     gx = _gx()
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
@@ -251,7 +264,7 @@ def run_suites(frames: dict[str, pd.DataFrame], rules: list[Rule], tables: dict[
         checkpoint = context.checkpoints.add(gx.Checkpoint(
             name=f"leadre_{frame_name}", validation_definitions=[definition], actions=actions,
             result_format=result_format))
-        outcome = next(iter(checkpoint.run(batch_parameters={"dataframe": frames[frame_name]}).run_results.values()))
+        outcome = next(iter(checkpoint.run(batch_parameters={"dataframe": frames[frame_name]()}).run_results.values()))
         table = _report_table(frame_name)
         stats = counts.setdefault(table, {"expectations": 0, "failed": 0})
         for res in outcome.results:
@@ -305,7 +318,10 @@ def run_validate(params: Params, source_dir: Path | None = None) -> dict:
     counts: dict = {}
     with atomic_dir(reports_dir) as tmp:
         if not findings:  # GX runs on tables that loaded; a structural error already says what to fix first
-            frames = {**tables, **cross_table_frames(_with_int_ids(tables), snapshot)}
+            with_int_ids = _with_int_ids(tables)
+            frames = {name: (lambda frame=frame: frame) for name, frame in tables.items()}
+            frames[EVENT_REFERENCES] = lambda: event_references_frame(with_int_ids)
+            frames[AD_LIFECYCLE] = lambda: ad_lifecycle_frame(with_int_ids, snapshot)
             rules = [r for name in TABLES for r in table_rules(CONTRACTS[name], snapshot)] + cross_table_rules()
             findings, counts = run_suites(frames, rules, tables, files, settings.examples_per_rule,
                                           tmp / "data_docs" if settings.data_docs else None)
