@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -100,10 +100,58 @@ class ValidationParams(_Section):
     data_docs: bool
 
 
+class RqVaeParams(_Section):
+    latent_dim: int = Field(gt=0)
+    hidden_dim: int = Field(gt=0)
+    epochs: int = Field(gt=0)
+    learning_rate: float = Field(gt=0)
+    commitment: float = Field(ge=0)
+    batch_size: int = Field(gt=0)
+
+
+class SidsParams(_Section):
+    encoder: str
+    batch_size: int = Field(gt=0)
+    method: Literal["rq_kmeans", "rq_vae"]
+    levels: int = Field(ge=1, le=8)
+    codebook_size: int = Field(ge=2)
+    max_collisions: int = Field(ge=1)
+    kmeans_iterations: int = Field(ge=1)
+    rqvae: RqVaeParams
+    seed: int
+    out_dir: Path
+    embeddings_cache: Path
+
+
+class AuxRatio(_Section):
+    ad_to_sid: float = Field(ge=0)
+    sid_to_text: float = Field(ge=0)
+    titles_prompt: float = Field(ge=0)
+
+
+class PromptParams(_Section):
+    out_dir: Path
+    holdout_days: int = Field(gt=0)
+    horizon_days: int = Field(gt=0)
+    max_train_cutoffs_per_user: int = Field(ge=1)
+    min_history_events: int = Field(ge=1)
+    short_term_events: int = Field(ge=1)
+    long_term_days: int = Field(gt=0)
+    long_term_top: int = Field(ge=1)
+    max_prompt_tokens: int = Field(ge=64)
+    token_counter: str
+    users_per_chunk: int = Field(gt=0)
+    aux_ratio: AuxRatio
+    dpo_same_intent_rejected: float = Field(ge=0, le=1)
+    seed: int
+
+
 class Params(_Section):
     data: DataParams
     world: WorldParams
     validation: ValidationParams
+    sids: SidsParams
+    prompts: PromptParams
     root: Path = Field(default=Path("."), exclude=True)
 
     def path(self, relative: Path | str) -> Path:
