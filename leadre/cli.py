@@ -21,7 +21,11 @@ from leadre.config import ConfigError, Params, load_params
 app = typer.Typer(help="LEADRE Platform: train, evaluate, promote and serve an LLM ad recommender.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Raw data → validated data.", no_args_is_help=True)
+sids_app = typer.Typer(help="Semantic IDs: ad text → codebook tokens the LLM generates.", no_args_is_help=True)
+prompts_app = typer.Typer(help="Intent-aware prompts, alignment tasks and DPO pairs.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+app.add_typer(sids_app, name="sids")
+app.add_typer(prompts_app, name="prompts")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -108,6 +112,37 @@ def data_validate(
     rows = ", ".join(f"{name}={table['rows']}" for name, table in summary["tables"].items())
     expectations = sum(table.get("expectations", 0) for table in summary["tables"].values())
     typer.echo(f"validation passed: {expectations} expectations over {rows}")
+
+
+@sids_app.command("build")
+@step
+def sids_build() -> None:
+    """Embed ad texts, train residual codebooks, give every ad a unique S-ID; save codebooks, table and trie."""
+    from leadre.sids.build import run_build_sids
+
+    report = run_build_sids(current_params())
+    typer.echo(f"semantic IDs built: {report['ads']} ads, collision rate before disambiguation "
+               f"{report['collision_rate']:.2%}")
+
+
+@sids_app.command("assign")
+@step
+def sids_assign() -> None:
+    """Give ads that have no S-ID yet one from the frozen codebooks (new ads become recommendable at once)."""
+    from leadre.sids.build import run_assign_sids
+
+    report = run_assign_sids(current_params())
+    typer.echo(f"assigned S-IDs to {report['assigned']} new ads")
+
+
+@prompts_app.command("build")
+@step
+def prompts_build() -> None:
+    """Build the SFT mixture (main + auxiliary tasks), the DPO pairs and the evaluation prompts."""
+    from leadre.prompts.build import run_build_prompts
+
+    card = run_build_prompts(current_params())
+    typer.echo(f"prompts built: {card['counts']}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""Validated data + semantic IDs → intent-aware <prompt, response> pairs, alignment tasks and DPO pairs."""

@@ -1,0 +1,290 @@
+"""`leadre prompts build`: the datasets SFT, DPO and evaluation read, written to `prompts.out_dir`.
+
+    sft/train.parquet    main task + auxiliary tasks (column `task`), chat format: prompt / completion messages
+    sft/valid.parquet    main task, valid split (early stopping)
+    sft/test.parquet     main task, test split; `all_target_ad_ids` lists every ad of the intent in the window
+    dpo/train.parquet    prompt / chosen / rejected, from train prompts
+    dpo/valid.parquet    the same from valid prompts (held-out preference accuracy)
+    README.md            dataset card: counts, token-length percentiles, intent distribution; its YAML header
+                         makes `datasets.load_dataset(out_dir, "sft")` (or "dpo") work offline
+    card.json            the card's numbers, for DVC and MLflow
+
+Pairs are built and written per chunk of users, so memory stays bounded at any number of users.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+from leadre.config import Params
+from leadre.data.tables import read_tables
+from leadre.io import atomic_dir, write_json
+from leadre.prompts import alignment
+from leadre.prompts.pairs import SPLITS, EventLog, Pairs, select_pairs
+from leadre.prompts.render import Catalogue, Rendered, render
+from leadre.prompts.tokens import TokenCounter
+
+log = logging.getLogger(__name__)
+MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
+MESSAGES = pa.list_(MESSAGE)
+FILES = {"sft": ("train", "valid", "test"), "dpo": ("train", "valid")}
+
+
+def _ms(series: pd.Series) -> np.ndarray:
+    return series.dt.tz_convert(None).to_numpy().astype("datetime64[ms]").astype(np.int64)
+
+
+def event_log(tables: dict[str, pd.DataFrame]) -> tuple[EventLog, pd.Series, pd.Series]:
+    """Events resolved to integer codes; also the object texts (ads first, then contents, then queries)."""
+    users, ads, contents, queries, events = (tables[n] for n in ("users", "ads", "contents", "queries", "events"))
+    user = pd.Index(users["user_id"]).get_indexer(events["user_id"])
+    obj = np.full(len(events), -1, dtype=np.int64)
+    offset, labels = 0, []
+    for name, key, dom, label_column in (("ads", "ad_id", "ad", "industry"), ("contents", "content_id", "content", "category"),
+                                         ("queries", "query_id", "search", "topic")):
+        mask = (events["domain"] == dom).to_numpy()  # compares categorical codes, no per-row strings
+        obj[mask] = offset + pd.Index(tables[name][key]).get_indexer(events["object_id"].to_numpy()[mask])
+        labels.append(tables[name][label_column].astype(str).to_numpy())
+        offset += len(tables[name])
+    object_category = np.concatenate(labels)
+    category_codes, categories = pd.factorize(object_category, sort=True)
+    actions = events["action"].cat.categories.astype(str).to_numpy()
+    starts = np.searchsorted(user, np.arange(len(users) + 1))  # events are sorted by user (validated)
+    log_ = EventLog(user=user.astype(np.int64), ts=_ms(events["ts"]), action=events["action"].cat.codes.to_numpy(),
+                    obj=obj, category=category_codes[obj], actions=actions,
+                    categories=np.asarray(categories), user_start=starts)
+    texts_title = pd.concat([ads["title"], contents["title"], queries["text"]], ignore_index=True).astype(str)
+    return log_, texts_title, object_category
+
+
+def _one_message(role: str, texts) -> pa.Array:
+    """A chat-format column: one message of `role` per row (TRL's conversational prompt/completion format)."""
+    texts = texts.cast(pa.string()) if isinstance(texts, pa.Array) else pa.array(list(texts), pa.string())
+    n = len(texts)
+    roles = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int8)), pa.array([role])).cast(pa.string())
+    values = pa.StructArray.from_arrays([roles, texts], fields=list(MESSAGE))
+    return pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32)), values)
+
+
+def _messages(user_messages) -> pa.Array:
+    return _one_message("user", user_messages)
+
+
+def _answers(texts) -> pa.Array:
+    return _one_message("assistant", texts)
+
+
+def _id_lists(offsets: np.ndarray, ids: np.ndarray) -> pa.Array:
+    return pa.ListArray.from_arrays(pa.array(np.asarray(offsets, dtype=np.int32)), pa.array(ids, pa.int64()))
+
+
+class _Writers:
+    """One Parquet writer per output file, opened on first write."""
+
+    def __init__(self, root: Path):
+        self.root, self.open, self.rows = root, {}, {}
+
+    def write(self, name: str, table: pa.Table) -> None:
+        if len(table) == 0:
+            return
+        if name not in self.open:
+            (self.root / name).parent.mkdir(parents=True, exist_ok=True)
+            self.open[name] = pq.ParquetWriter(self.root / name, table.schema, compression="zstd")
+        self.open[name].write_table(table)
+        self.rows[name] = self.rows.get(name, 0) + len(table)
+
+    def close(self) -> None:
+        for writer in self.open.values():
+            writer.close()
+
+
+def _sft_table(task: str, prompts: pa.Array, answers: pa.Array, **columns) -> pa.Table:
+    n = len(prompts)
+    return pa.table({"prompt": prompts, "completion": answers, "task": pa.array([task] * n).dictionary_encode(),
+                     **{k: v for k, v in columns.items()}})
+
+
+def run_build_prompts(params: Params) -> dict:
+    started = time.perf_counter()
+    settings = params.prompts
+    rng = np.random.default_rng(settings.seed)
+    tables = read_tables(params.path(params.data.validated_dir))
+    sid_table = pd.read_parquet(params.path(params.sids.out_dir) / "ad_sids.parquet", columns=["ad_id", "sid"])
+    ads = tables["ads"]
+    ad_sid = pd.Series(sid_table["sid"].to_numpy(), index=sid_table["ad_id"]).reindex(ads["ad_id"])
+    if ad_sid.isna().any():
+        missing = ads["ad_id"][ad_sid.isna().to_numpy()].head(5).tolist()
+        raise ValueError(f"{ad_sid.isna().sum()} ads have no semantic ID (e.g. {missing}): run `leadre sids assign`")
+    ad_sid = ad_sid.astype(str).to_numpy()
+
+    event_log_, texts_title, _ = event_log(tables)
+    del tables["events"]  # now arrays in the event log; the frame would double the largest table in memory
+    counter = TokenCounter(settings.token_counter)
+    texts_sid = np.concatenate([ad_sid, texts_title.to_numpy()[len(ads):]])
+    catalogue = Catalogue.build(tables["users"], texts_sid.tolist(), texts_title.tolist(), event_log_.actions,
+                                event_log_.categories, counter, settings.long_term_days)
+    snapshot_ms = int(pd.Timestamp(params.data.snapshot_time).value // 1_000_000)
+    ad_intent = ads["industry"].cat.codes.to_numpy()
+    intents = ads["industry"].cat.categories.astype(str).to_numpy()
+    pairs = select_pairs(event_log_, ad_intent, snapshot_ms, settings, rng)
+    user_ids = tables["users"]["user_id"].to_numpy()
+    ad_ids = ads["ad_id"].to_numpy()
+
+    tokens = {split: [] for split in SPLITS}
+    intent_counts = np.zeros(len(intents), dtype=np.int64)
+    out_dir = params.path(settings.out_dir)
+    with atomic_dir(out_dir) as tmp:
+        writers = _Writers(tmp)
+        try:
+            chunk_of_pair = pairs.user // settings.users_per_chunk
+            for chunk in np.unique(chunk_of_pair):
+                index = np.flatnonzero(chunk_of_pair == chunk)
+                chunk_pairs = pairs.take(index)
+                shown = render(event_log_, catalogue, chunk_pairs.user, chunk_pairs.cutoff, settings)
+                _write_main(writers, chunk_pairs, shown, ad_sid, ad_ids, user_ids, intents, tokens, intent_counts)
+                _write_titles_prompt(writers, chunk_pairs, event_log_, catalogue, settings, ad_sid, ad_ids,
+                                     user_ids, intents, rng)
+                _write_dpo(writers, chunk_pairs, shown, ads, ad_sid, ad_ids, user_ids, intents, settings, rng)
+            n_main = sum(len(t) for t in tokens["train"])  # main-task train pairs only
+            _write_aux(writers, ads, ad_sid, n_main, settings, rng)
+        finally:
+            writers.close()
+        card = _card(writers.rows, tokens, intent_counts, intents, settings, time.perf_counter() - started)
+        write_json(tmp / "card.json", card)
+        (tmp / "README.md").write_text(_card_markdown(card), encoding="utf-8")
+    _log_to_mlflow(card)
+    log.info("prompts: %s in %.1fs", card["counts"], card["seconds"])
+    return card
+
+
+def _write_main(writers, pairs: Pairs, shown: Rendered, ad_sid, ad_ids, user_ids, intents, tokens, intent_counts):
+    for code, split in enumerate(SPLITS):
+        index = np.flatnonzero(pairs.split == code)
+        if len(index) == 0:
+            continue
+        part = pairs.take(index)
+        columns = dict(
+            intent=pa.array(intents[part.intent]).dictionary_encode(),
+            user_id=pa.array(user_ids[part.user]),
+            cutoff=pa.array(part.cutoff.astype("datetime64[ms]"), pa.timestamp("ms", tz="UTC")),
+            target_ad_id=pa.array(ad_ids[part.target_ad]),
+            prompt_tokens=pa.array(shown.tokens[index]),
+            last_event_ts=pa.array(shown.last_event_ts[index].astype("datetime64[ms]"), pa.timestamp("ms", tz="UTC")),
+        )
+        columns["all_target_ad_ids"] = _id_lists(part.target_offsets, ad_ids[part.targets])
+        writers.write(f"sft/{split}.parquet", _sft_table(
+            "main", _messages(shown.user_message.take(pa.array(index))), _answers(ad_sid[part.target_ad]),
+            **columns))
+        tokens[split].append(shown.tokens[index])
+        if split == "train":
+            np.add.at(intent_counts, part.intent, 1)
+
+
+def _write_titles_prompt(writers, pairs: Pairs, event_log_, catalogue, settings, ad_sid, ad_ids, user_ids, intents,
+                         rng):
+    index = np.flatnonzero((pairs.split == 0) & (rng.random(len(pairs)) < settings.aux_ratio.titles_prompt))
+    if len(index) == 0:
+        return
+    part = pairs.take(index)
+    shown = render(event_log_, catalogue, part.user, part.cutoff, settings, ads_as="title")
+    writers.write("sft/train.parquet", _sft_table(
+        "titles_prompt", _messages(shown.user_message), _answers(ad_sid[part.target_ad]),
+        intent=pa.array(intents[part.intent]).dictionary_encode(), user_id=pa.array(user_ids[part.user]),
+        cutoff=pa.array(part.cutoff.astype("datetime64[ms]"), pa.timestamp("ms", tz="UTC")),
+        target_ad_id=pa.array(ad_ids[part.target_ad]), prompt_tokens=pa.array(shown.tokens),
+        last_event_ts=pa.array(shown.last_event_ts.astype("datetime64[ms]"), pa.timestamp("ms", tz="UTC")),
+        all_target_ad_ids=_id_lists(part.target_offsets, ad_ids[part.targets])))
+
+
+def _write_dpo(writers, pairs: Pairs, shown: Rendered, ads, ad_sid, ad_ids, user_ids, intents, settings, rng):
+    for code, split in ((0, "train"), (1, "valid")):
+        index = np.flatnonzero(pairs.split == code)
+        part = pairs.take(index)
+        rejected, same = alignment.sample_rejected(part.target_ad, part.cutoff, ads, part.intent,
+                                                   settings.dpo_same_intent_rejected, rng)
+        found = np.flatnonzero(rejected >= 0)
+        if len(found) == 0:
+            continue
+        chosen, rejected, ecpm = part.target_ad[found], rejected[found], ads["ecpm"].to_numpy()
+        writers.write(f"dpo/{split}.parquet", pa.table({
+            "prompt": _messages(shown.user_message.take(pa.array(index[found]))),
+            "chosen": _answers(ad_sid[chosen]), "rejected": _answers(ad_sid[rejected]),
+            "chosen_ad_id": pa.array(ad_ids[chosen]), "rejected_ad_id": pa.array(ad_ids[rejected]),
+            "chosen_ecpm": pa.array(ecpm[chosen]), "rejected_ecpm": pa.array(ecpm[rejected]),
+            "rejected_same_intent": pa.array(same[found]),
+            "intent": pa.array(intents[part.intent[found]]).dictionary_encode(),
+            "user_id": pa.array(user_ids[part.user[found]]),
+        }))
+
+
+def _write_aux(writers, ads: pd.DataFrame, ad_sid, n_main: int, settings, rng):
+    """Ad ↔ S-ID tasks; they reuse the main-task columns (no user, no cut-off) so one file holds the mixture."""
+    for task, ratio in (("ad_to_sid", settings.aux_ratio.ad_to_sid), ("sid_to_text", settings.aux_ratio.sid_to_text)):
+        rows = alignment.sample_examples(len(ads), ratio, n_main, rng)
+        if len(rows) == 0:
+            continue
+        chosen = ads.iloc[rows]
+        if task == "ad_to_sid":
+            prompt, answer = alignment.ad_to_sid_prompt(chosen), ad_sid[rows]
+        else:
+            prompt, answer = alignment.sid_to_text_prompt(pd.Series(ad_sid[rows])), alignment.sid_to_text_answer(chosen)
+        n = len(rows)
+        writers.write("sft/train.parquet", _sft_table(
+            task, _messages(pa.array(prompt.tolist(), pa.string())), _answers(list(answer)),
+            intent=pa.array(chosen["industry"].astype(str).tolist()).dictionary_encode(),
+            user_id=pa.array(np.full(n, -1, dtype=np.int64)),
+            cutoff=pa.array(np.full(n, 0).astype("datetime64[ms]"), pa.timestamp("ms", tz="UTC")),
+            target_ad_id=pa.array(chosen["ad_id"].to_numpy()), prompt_tokens=pa.array(np.full(n, -1, dtype=np.int32)),
+            last_event_ts=pa.array(np.full(n, 0).astype("datetime64[ms]"), pa.timestamp("ms", tz="UTC")),
+            all_target_ad_ids=_id_lists(np.arange(n + 1), chosen["ad_id"].to_numpy())))
+
+
+def _card(rows: dict, tokens: dict, intent_counts, intents, settings, seconds: float) -> dict:
+    lengths = {split: np.concatenate(parts) if parts else np.zeros(0) for split, parts in tokens.items()}
+    percentiles = {split: ({f"p{q}": int(np.percentile(v, q)) for q in (50, 90, 99)} | {"max": int(v.max())}
+                           if len(v) else {}) for split, v in lengths.items()}
+    total = max(int(intent_counts.sum()), 1)
+    distribution = {str(intents[i]): round(int(intent_counts[i]) / total, 4) for i in np.argsort(-intent_counts)
+                    if intent_counts[i] > 0}
+    return {"counts": {name.removesuffix(".parquet"): n for name, n in sorted(rows.items())},
+            "prompt_tokens": percentiles, "max_prompt_tokens": settings.max_prompt_tokens,
+            "train_intent_share": distribution, "seconds": round(seconds, 2)}
+
+
+def _card_markdown(card: dict) -> str:
+    configs = [{"config_name": name, "data_files": [{"split": split, "path": f"{name}/{split}.parquet"}
+                                                    for split in splits if f"{name}/{split}" in card["counts"]]}
+               for name, splits in FILES.items()]
+    header = yaml.safe_dump({"configs": configs, "language": ["en"], "pretty_name": "LEADRE prompts"}, sort_keys=False)
+    lines = ["---", header.strip(), "---", "", "# LEADRE prompts", "",
+             "Intent-aware <prompt, response> pairs (main task), auxiliary alignment tasks and DPO preference pairs,",
+             "built by `leadre prompts build` (leadre/prompts/). Responses are semantic IDs of ads.", "",
+             "| file | rows |", "|---|---:|"]
+    lines += [f"| {name}.parquet | {n:,} |" for name, n in card["counts"].items()]
+    lines += ["", f"Prompt tokens of the main task (bound: {card['max_prompt_tokens']}):", "",
+              "| split | p50 | p90 | p99 | max |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {s} | {p.get('p50', '')} | {p.get('p90', '')} | {p.get('p99', '')} | {p.get('max', '')} |"
+              for s, p in card["prompt_tokens"].items()]
+    lines += ["", "Intents of the train pairs:", "", "| intent | share |", "|---|---:|"]
+    lines += [f"| {i} | {share:.1%} |" for i, share in card["train_intent_share"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def _log_to_mlflow(card: dict) -> None:
+    """Log the card's numbers to the active MLflow run, if a caller (the training pipeline) opened one."""
+    import sys
+
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is None or mlflow.active_run() is None:
+        return
+    mlflow.log_metrics({f"prompts.rows.{k.replace('/', '.')}": v for k, v in card["counts"].items()})
+    for split, p in card["prompt_tokens"].items():
+        mlflow.log_metrics({f"prompts.tokens.{split}.{k}": v for k, v in p.items()})

@@ -1,0 +1,155 @@
+"""Rendering prompts: the profile, long-term and short-term facets of the LEADRE prompt, as chat messages.
+
+All string work happens in pyarrow's vectorised kernels on whole chunks of pairs; Python never loops over events.
+A prompt is one user message (no system message: a constant one would be stored millions of times and
+teach nothing); it looks like this:
+
+    Profile: gender: female; age: 47; residence: Shanghai/Jing'an; education: bachelor; occupation: teacher
+    Long-term interests (last 30 days): finance/credit_card:12, money:9, emotion:7
+    Recent behaviour, oldest first: 3d'click_ad'<a_3><b_1><c_7><d_0>, 20h'play_video'Budget travel | part 4, 35m'search'best hoodie
+    Which ad will this user engage with next? Answer with the ad's semantic ID.
+
+`3d'click_ad'<a_3>…` is `<how long before the cut-off>'<action>'<object>`: ads as semantic IDs (or as titles,
+for the text-alignment task), contents as titles, searches as the query text. When the prompt would exceed
+`max_prompt_tokens`, the oldest recent events are dropped first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from leadre.config import PromptParams
+from leadre.prompts.pairs import MS_PER_DAY, EventLog, _expand
+from leadre.prompts.tokens import TokenCounter
+
+INSTRUCTION = "Which ad will this user engage with next? Answer with the ad's semantic ID."
+PROFILE_FIELDS = ("gender", "age", "residence", "education", "occupation")
+EVENT_SEPARATOR, FIELD_SEPARATOR = ", ", "'"
+MAX_AGO_DAYS = 999
+
+
+def _ago_labels() -> list[str]:
+    """Labels for how long before the cut-off an event happened: minutes, then hours, then days."""
+    return [f"{m}m" for m in range(60)] + [f"{h}h" for h in range(48)] + [f"{d}d" for d in range(MAX_AGO_DAYS + 1)]
+
+
+def ago_codes(delta_ms: np.ndarray) -> np.ndarray:
+    minutes, hours, days = delta_ms // 60_000, delta_ms // 3_600_000, delta_ms // MS_PER_DAY
+    return np.where(minutes < 60, minutes, np.where(hours < 48, 60 + hours, 108 + np.minimum(days, MAX_AGO_DAYS)))
+
+
+@dataclass
+class Catalogue:
+    """Every text a prompt can mention, with its token count, indexed by the codes in EventLog."""
+
+    object_as_sid: pa.Array  # ads as S-IDs, then contents and queries as text
+    object_as_title: pa.Array  # ads as titles, then the same
+    object_tokens_sid: np.ndarray
+    object_tokens_title: np.ndarray
+    actions: pa.Array
+    action_tokens: np.ndarray
+    categories: pa.Array
+    category_tokens: np.ndarray
+    ago: pa.Array
+    ago_tokens: np.ndarray
+    profiles: pa.Array  # per user
+    profile_tokens: np.ndarray
+    number_tokens: np.ndarray  # tokens of str(n) for the counts in the long-term facet
+    fixed_tokens: int  # the template: labels, line breaks, the instruction
+
+    @classmethod
+    def build(cls, users: pd.DataFrame, objects_sid: list[str], objects_title: list[str], actions: np.ndarray,
+              categories: np.ndarray, counter: TokenCounter, long_term_days: int) -> Catalogue:
+        ago = _ago_labels()
+        profile_columns = [users[f].astype(object).where(users[f].notna(), "unknown").astype(str) for f in PROFILE_FIELDS]
+        parts = []
+        for name, column in zip(PROFILE_FIELDS, profile_columns):
+            parts += [pa.scalar(f"{'; ' if parts else ''}{name}: "), pa.array(column.to_numpy(), pa.string())]
+        profiles = pc.binary_join_element_wise(*parts, "")
+        # A profile's tokens: its labels and separators once, plus each field's value (few distinct values).
+        template = "; ".join(f"{name}: " for name in PROFILE_FIELDS)
+        profile_tokens = int(counter.count([template])[0]) + sum(counter.count(c.tolist()) for c in profile_columns)
+        fixed = "\n".join([f"Profile: ", f"Long-term interests (last {long_term_days} days): ",
+                           "Recent behaviour, oldest first: ", INSTRUCTION])
+        return cls(
+            object_as_sid=pa.array(objects_sid, pa.string()), object_as_title=pa.array(objects_title, pa.string()),
+            object_tokens_sid=counter.count(objects_sid), object_tokens_title=counter.count(objects_title),
+            actions=pa.array(actions.astype(str)), action_tokens=counter.count(actions.astype(str).tolist()),
+            categories=pa.array(categories.astype(str)), category_tokens=counter.count(categories.astype(str).tolist()),
+            ago=pa.array(ago), ago_tokens=counter.count(ago), profiles=profiles,
+            profile_tokens=np.asarray(profile_tokens, dtype=np.int32),
+            number_tokens=counter.count([str(n) for n in range(10_000)]),
+            fixed_tokens=int(counter.count([fixed])[0]),
+        )
+
+
+@dataclass
+class Rendered:
+    user_message: pa.Array
+    tokens: np.ndarray  # prompt tokens of the user message (system message excluded)
+    events_shown: np.ndarray
+    last_event_ts: np.ndarray  # ms of the newest event shown (-1 if none): always before the cut-off
+
+
+def _join_groups(values: pa.Array, owner: np.ndarray, n_groups: int, separator: str) -> pa.Array:
+    """Join `values` (sorted by owner) into one string per group; empty groups give ''."""
+    offsets = np.r_[0, np.cumsum(np.bincount(owner, minlength=n_groups))].astype(np.int32)
+    return pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), values), separator)
+
+
+def render(log: EventLog, catalogue: Catalogue, users: np.ndarray, cutoffs: np.ndarray, params: PromptParams,
+           ads_as: str = "sid") -> Rendered:
+    """The user message for each (user, cut-off), using only events strictly before the cut-off."""
+    n = len(users)
+    end = log.position(users, cutoffs)
+    first = log.user_start[users]
+
+    # Long-term interest: the most frequent categories in the window, as category:count.
+    lt_owner, lt_event = _expand(log.position(users, cutoffs - params.long_term_days * MS_PER_DAY), end)
+    n_categories = len(catalogue.categories)
+    counts = np.bincount(lt_owner * n_categories + log.category[lt_event], minlength=n * n_categories)
+    counts = counts.reshape(n, n_categories)
+    top = np.argsort(-counts, axis=1, kind="stable")[:, : params.long_term_top]
+    top_counts = np.take_along_axis(counts, top, axis=1)
+    shown = top_counts > 0
+    top_owner = np.repeat(np.arange(n), shown.sum(1))
+    top_cat, top_n = top[shown], np.minimum(top_counts[shown], len(catalogue.number_tokens) - 1)
+    items = pc.binary_join_element_wise(catalogue.categories.take(pa.array(top_cat)),
+                                        pc.cast(pa.array(top_n), pa.string()), ":")
+    long_term = _join_groups(items, top_owner, n, EVENT_SEPARATOR)
+    long_term_tokens = np.bincount(top_owner, weights=catalogue.category_tokens[top_cat]
+                                   + catalogue.number_tokens[top_n] + 2, minlength=n)  # ":" and ","
+
+    # Short-term interest: the newest events that fit the token budget.
+    budget = (params.max_prompt_tokens - catalogue.fixed_tokens - catalogue.profile_tokens[users]
+              - long_term_tokens)
+    st_owner, st_event = _expand(np.maximum(first, end - params.short_term_events), end)
+    ago = ago_codes(cutoffs[st_owner] - log.ts[st_event])
+    object_tokens = catalogue.object_tokens_sid if ads_as == "sid" else catalogue.object_tokens_title
+    cost = (catalogue.ago_tokens[ago] + catalogue.action_tokens[log.action[st_event]]
+            + object_tokens[log.obj[st_event]] + 3).astype(np.int64)  # two field separators and the comma
+    running = np.cumsum(cost)
+    group_last = np.cumsum(np.bincount(st_owner, minlength=n)) - 1
+    newest_first = running[group_last[st_owner]] - running + cost  # tokens of this event and all newer ones
+    keep = newest_first <= budget[st_owner]
+    st_owner, st_event, ago, cost = st_owner[keep], st_event[keep], ago[keep], cost[keep]
+    objects = catalogue.object_as_sid if ads_as == "sid" else catalogue.object_as_title
+    events = pc.binary_join_element_wise(catalogue.ago.take(pa.array(ago)),
+                                         catalogue.actions.take(pa.array(log.action[st_event])),
+                                         objects.take(pa.array(log.obj[st_event])), FIELD_SEPARATOR)
+    short_term = _join_groups(events, st_owner, n, EVENT_SEPARATOR)
+
+    message = pc.binary_join_element_wise(
+        pa.scalar("Profile: "), catalogue.profiles.take(pa.array(users)),
+        pa.scalar(f"\nLong-term interests (last {params.long_term_days} days): "), long_term,
+        pa.scalar("\nRecent behaviour, oldest first: "), short_term, pa.scalar("\n" + INSTRUCTION), "")
+    tokens = (catalogue.fixed_tokens + catalogue.profile_tokens[users] + long_term_tokens
+              + np.bincount(st_owner, weights=cost, minlength=n)).astype(np.int32)
+    last_ts = np.full(n, -1, dtype=np.int64)
+    np.maximum.at(last_ts, st_owner, log.ts[st_event])
+    return Rendered(message, tokens, np.bincount(st_owner, minlength=n), last_ts)

@@ -1,0 +1,209 @@
+"""Intent-aware prompts: the golden example, no leakage, the token bound, intent grouping, DPO and aux data."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from leadre.config import Params
+from leadre.data.tables import read_tables, write_tables
+from leadre.data.validate import run_validate
+from leadre.prompts.build import run_build_prompts
+from leadre.prompts.tokens import TokenCounter
+from tests.conftest import write_params
+
+UTC = "UTC"
+
+
+def _ts(text: str) -> pd.Timestamp:
+    return pd.Timestamp(text, tz=UTC)
+
+
+def micro_world() -> dict[str, pd.DataFrame]:
+    """Two users, four ads in two industries; the snapshot is 2026-11-01, so test starts Oct 25, valid Oct 18."""
+    users = pd.DataFrame({"user_id": [1, 2], "gender": pd.Categorical(["female", "male"]), "age": [34, 52],
+                          "residence": ["Shenzhen/Nanshan", "Chengdu/Wuhou"],
+                          "education": pd.Categorical(["bachelor", "master"]),
+                          "occupation": pd.Categorical(["software engineer", "teacher"])})
+    ads = pd.DataFrame({
+        "ad_id": [1000000001, 1000000002, 1000000003, 1000000004],
+        "title": ["Voltix wireless earbuds - noise cancelling", "Unity Bank cashback card: no annual fee",
+                  "Arcwave smartwatch | long battery life", "Apex Card travel card - airport lounge access"],
+        "description": ["Earbuds.", "A card.", "A watch.", "A card."],
+        "industry": pd.Categorical(["ecommerce/electronics", "finance/credit_card", "ecommerce/electronics",
+                                    "finance/credit_card"]),
+        "advertiser": pd.Categorical(["Voltix Ltd", "Unity Bank Ltd", "Arcwave Ltd", "Apex Card Ltd"]),
+        "landing_type": pd.Categorical(["store_product", "lead_form", "store_product", "web_page"]),
+        "bid": [1.0, 2.5, 0.8, 2.0], "ecpm": [20.0, 45.0, 12.0, 30.0],
+        "created_at": [_ts("2026-09-01")] * 4, "expires_at": [_ts("2026-12-31")] * 4,
+        "status": pd.Categorical(["active"] * 4),
+    })
+    contents = pd.DataFrame({"content_id": [2000000001, 2000000002, 2000000003],
+                             "title": ["Earbuds comparison, explained in 5 steps", "Budget planner | part 3",
+                                       "funny pets: what nobody tells you"],
+                             "category": pd.Categorical(["tech", "money", "comedy"]),
+                             "kind": pd.Categorical(["short_video", "article", "short_video"])})
+    queries = pd.DataFrame({"query_id": [3000000001, 3000000002], "text": ["best wireless earbuds", "cashback card"],
+                            "topic": pd.Categorical(["ecommerce/electronics", "finance/credit_card"])})
+    rows = [  # user, time, domain, action, object
+        (1, "2026-10-01 10:00", "content", "play_video", 2000000001),
+        (1, "2026-10-02 12:00", "search", "search", 3000000001),
+        (1, "2026-10-03 09:00", "ad", "click_ad", 1000000001),
+        (1, "2026-10-05 20:00", "content", "read_article", 2000000002),
+        (1, "2026-10-10 08:00", "ad", "click_ad", 1000000003),
+        (1, "2026-10-10 09:30", "ad", "convert_ad", 1000000003),
+        (1, "2026-10-20 11:00", "search", "search", 3000000002),
+        (1, "2026-10-21 13:00", "ad", "click_ad", 1000000002),
+        (1, "2026-10-26 18:00", "content", "play_video", 2000000003),  # after every cut-off of user 1
+        (1, "2026-10-27 19:00", "ad", "click_ad", 1000000004),
+        (1, "2026-10-28 10:00", "ad", "click_ad", 1000000001),
+        (2, "2026-10-02 08:00", "content", "play_video", 2000000003),
+        (2, "2026-10-04 08:00", "content", "read_article", 2000000002),
+        (2, "2026-10-09 08:00", "ad", "click_ad", 1000000002),
+        (2, "2026-10-12 08:00", "search", "search", 3000000002),
+    ]
+    events = pd.DataFrame(rows, columns=["user_id", "ts", "domain", "action", "object_id"])
+    events["ts"] = pd.to_datetime(events["ts"], utc=True).astype("datetime64[ms, UTC]")
+    for column in ("domain", "action"):
+        events[column] = events[column].astype("category")
+    for frame in (ads,):
+        for column in ("created_at", "expires_at"):
+            frame[column] = frame[column].astype("datetime64[ms, UTC]")
+    return {"users": users, "ads": ads, "contents": contents, "queries": queries, "events": events}
+
+
+MICRO_SIDS = {1000000001: "<a_1><b_2><c_3><d_0>", 1000000002: "<a_4><b_0><c_1><d_0>",
+              1000000003: "<a_1><b_2><c_5><d_0>", 1000000004: "<a_4><b_0><c_2><d_0>"}
+
+GOLDEN_TEST_PROMPT = (
+    "Profile: gender: female; age: 34; residence: Shenzhen/Nanshan; education: bachelor; occupation: software engineer\n"
+    "Long-term interests (last 30 days): ecommerce/electronics:4, finance/credit_card:2, money:1, tech:1\n"
+    "Recent behaviour, oldest first: 23d'play_video'Earbuds comparison, explained in 5 steps, "
+    "22d'search'best wireless earbuds, 21d'click_ad'<a_1><b_2><c_3><d_0>, 19d'read_article'Budget planner | part 3, "
+    "14d'click_ad'<a_1><b_2><c_5><d_0>, 14d'convert_ad'<a_1><b_2><c_5><d_0>, 4d'search'cashback card, "
+    "3d'click_ad'<a_4><b_0><c_1><d_0>\n"
+    "Which ad will this user engage with next? Answer with the ad's semantic ID."
+)
+
+
+def _write_sids(params: Params, sids: dict[int, str]) -> None:
+    out = params.path(params.sids.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"ad_id": list(sids), "sid": list(sids.values())}).to_parquet(out / "ad_sids.parquet")
+
+
+@pytest.fixture
+def micro(tmp_path) -> Params:
+    params = write_params(tmp_path, {"prompts.aux_ratio": {"ad_to_sid": 0.5, "sid_to_text": 0.5, "titles_prompt": 1.0}})
+    write_tables(micro_world(), params.path(params.data.generated_dir), {"source": "test"})
+    run_validate(params)  # the micro world is itself valid data
+    _write_sids(params, MICRO_SIDS)
+    run_build_prompts(params)
+    return params
+
+
+def _sft(params: Params, split: str) -> pd.DataFrame:
+    return pd.read_parquet(params.path(params.prompts.out_dir) / "sft" / f"{split}.parquet")
+
+
+def test_golden_prompt_of_one_user(micro):
+    test = _sft(micro, "test")
+    user1 = test[test["user_id"] == 1].sort_values("intent")
+    assert user1["prompt"].iloc[0][0]["content"] == GOLDEN_TEST_PROMPT
+    # Two intents in the test window → two pairs, each answered by the first ad of its intent.
+    assert user1["intent"].astype(str).tolist() == ["ecommerce/electronics", "finance/credit_card"]
+    assert [c[0]["content"] for c in user1["completion"]] == [MICRO_SIDS[1000000001], MICRO_SIDS[1000000004]]
+    assert [m["role"] for m in user1["prompt"].iloc[0]] == ["user"]
+
+
+def test_splits_follow_time(micro):
+    valid, train = _sft(micro, "valid"), _sft(micro, "train")
+    assert valid[valid["user_id"] == 1]["completion"].map(lambda c: c[0]["content"]).tolist() == [MICRO_SIDS[1000000002]]
+    main = train[train["task"] == "main"]
+    # User 1's only train cut-off with 3+ events of history is the Oct 10 click on the smartwatch.
+    assert main[main["user_id"] == 1]["cutoff"].tolist() == [_ts("2026-10-10 08:00")]
+    assert (main["cutoff"] < _ts("2026-10-18")).all()
+
+
+def test_no_future_event_in_any_prompt(micro):
+    for split in ("train", "valid", "test"):
+        frame = _sft(micro, split)
+        for _, row in frame[frame["user_id"] == 1].iterrows():
+            assert "funny pets" not in row["prompt"][0]["content"]  # watched after every cut-off of user 1
+
+
+@pytest.fixture(scope="module")
+def tiny_prompts(tmp_path_factory) -> Params:
+    params = write_params(tmp_path_factory.mktemp("prompts"), {"prompts.max_prompt_tokens": 160})
+    from leadre.data.generate import run_generate
+    run_generate(params)
+    run_validate(params)
+    ads = read_tables(params.path(params.data.validated_dir), ("ads",))["ads"]
+    _write_sids(params, {a: f"<a_{i % 7}><b_{i // 7 % 7}><c_{i // 49}><d_0>" for i, a in enumerate(ads["ad_id"])})
+    run_build_prompts(params)
+    return params
+
+
+def test_prompts_use_only_events_before_their_cut_off(tiny_prompts):
+    events = read_tables(tiny_prompts.path(tiny_prompts.data.validated_dir), ("events",))["events"]
+    for split in ("train", "valid", "test"):
+        main = _sft(tiny_prompts, split)
+        main = main[main["task"] == "main"]
+        assert (main["last_event_ts"] < main["cutoff"]).all()
+        # The response is an ad the user engaged with at or after the cut-off.
+        engaged = events[events["action"].isin(["click_ad", "convert_ad"])]
+        joined = main.merge(engaged, left_on=["user_id", "target_ad_id"], right_on=["user_id", "object_id"])
+        ok = joined[joined["ts"] >= joined["cutoff"]].groupby(["user_id", "cutoff", "target_ad_id"]).size()
+        assert len(ok) == len(main)
+
+
+def test_prompt_token_bound_holds_for_the_real_tokenizer(tiny_prompts):
+    counter = TokenCounter(tiny_prompts.prompts.token_counter)
+    main = _sft(tiny_prompts, "train")
+    main = main[main["task"].isin(["main", "titles_prompt"])]
+    exact = np.array([counter.exact(p[0]["content"]) for p in main["prompt"]])
+    assert exact.max() <= tiny_prompts.prompts.max_prompt_tokens
+    assert (exact <= main["prompt_tokens"].to_numpy()).all()  # the fast count never under-counts
+    assert (main["prompt_tokens"] > 0.8 * tiny_prompts.prompts.max_prompt_tokens).mean() > 0.3  # the bound bites
+
+
+def test_dpo_pairs_prefer_higher_ecpm_among_relevant_ads(tiny_prompts):
+    folder = tiny_prompts.path(tiny_prompts.prompts.out_dir)
+    dpo = pd.read_parquet(folder / "dpo" / "train.parquet")
+    assert len(dpo) > 0 and (dpo["chosen_ecpm"] > dpo["rejected_ecpm"]).all()
+    train = _sft(tiny_prompts, "train")
+    engaged = set(zip(train["user_id"], train["target_ad_id"]))
+    assert all((u, a) in engaged for u, a in zip(dpo["user_id"], dpo["chosen_ad_id"]))  # chosen = engaged ad
+    share = dpo["rejected_same_intent"].mean()
+    assert abs(share - tiny_prompts.prompts.dpo_same_intent_rejected) < 0.15
+
+
+def test_auxiliary_tasks_follow_their_ratios(tiny_prompts):
+    train = _sft(tiny_prompts, "train")
+    counts = train["task"].value_counts()
+    ratio = tiny_prompts.prompts.aux_ratio
+    assert counts["ad_to_sid"] == round(ratio.ad_to_sid * counts["main"])
+    assert counts["sid_to_text"] == round(ratio.sid_to_text * counts["main"])
+    assert abs(counts["titles_prompt"] / counts["main"] - ratio.titles_prompt) < 0.1
+    titles = train[train["task"] == "titles_prompt"]["prompt"].map(lambda p: p[0]["content"])
+    assert not titles.str.contains("'click_ad'<a_").any()  # ads written as titles, not S-IDs
+
+
+def test_same_inputs_same_datasets(tiny_prompts):
+    folder = tiny_prompts.path(tiny_prompts.prompts.out_dir)
+    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*.parquet"))}
+    run_build_prompts(tiny_prompts)
+    after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*.parquet"))}
+    assert before == after
+
+
+def test_datasets_load_with_hugging_face_datasets(tiny_prompts):
+    import datasets
+
+    folder = str(tiny_prompts.path(tiny_prompts.prompts.out_dir))
+    sft, dpo = datasets.load_dataset(folder, "sft"), datasets.load_dataset(folder, "dpo")
+    assert set(sft) == {"train", "valid", "test"} and set(dpo) == {"train", "valid"}
+    assert sft["train"][0]["completion"][0]["role"] == "assistant"
