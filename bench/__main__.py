@@ -13,9 +13,14 @@ from bench import data
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--scales", default="default,100k,1m", help="world scales from params.yaml")
+    parser.add_argument("--prompt-scales", default="100k,1m", help="scales that also build prompts")
     args = parser.parse_args()
-    rows = data.main(args.scales.split(","))
+    rows = data.main(args.scales.split(","), set(args.prompt_scales.split(",")))
+    print("Data: generate and validate\n")
     print(data.report(rows))
+    if any(r["stage"] == "prompts" for r in rows):
+        print("\nPrompts (synthetic S-IDs; S-ID build: python -m bench.sids)\n")
+        print(data.prompts_report(rows))
     out = Path(__file__).parent / "results" / f"data-{time.strftime('%Y%m%dT%H%M%S')}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(rows, indent=2))

@@ -28,7 +28,7 @@ def _run_stage(stage: str, params_file: Path) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def bench_scale(scale: str, root: Path) -> list[dict]:
+def bench_scale(scale: str, root: Path, with_prompts: bool) -> list[dict]:
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["world"]["scale"] = scale
     root.mkdir(parents=True, exist_ok=True)
@@ -36,6 +36,10 @@ def bench_scale(scale: str, root: Path) -> list[dict]:
     params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
     rows = [_run_stage("generate", params_file), _run_stage("io_floor", params_file),
             _run_stage("validate", params_file)]
+    if with_prompts:
+        rows += [_run_stage("prompts", params_file), _run_stage("naive_prompts", params_file)]
+        manifest = json.loads((root / raw["prompts"]["out_dir"] / "card.json").read_text())
+        rows[-2]["pairs"] = manifest["counts"].get("sft/train", 0)
     events = json.loads((root / raw["data"]["generated_dir"] / "manifest.json").read_text())["rows"]["events"]
     for row in rows:
         row.update(scale=scale, events=events)
@@ -45,7 +49,7 @@ def bench_scale(scale: str, root: Path) -> list[dict]:
 def report(rows: list[dict]) -> str:
     lines = ["| scale | events | stage | seconds | peak GiB | × io floor |", "|---|---:|---|---:|---:|---:|"]
     for scale in dict.fromkeys(r["scale"] for r in rows):
-        group = [r for r in rows if r["scale"] == scale]
+        group = [r for r in rows if r["scale"] == scale and r["stage"] in ("generate", "io_floor", "validate")]
         floor = next(r["seconds"] for r in group if r["stage"] == "io_floor")
         for r in group:
             lines.append(f"| {scale} | {r['events']:,} | {r['stage']} | {r['seconds']:.1f} | "
@@ -58,10 +62,23 @@ def report(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(scales: list[str]) -> list[dict]:
+def prompts_report(rows: list[dict]) -> str:
+    lines = ["| scale | stage | seconds | peak GiB | s / 1k pairs | × naive Python |", "|---|---|---:|---:|---:|---:|"]
+    for scale in dict.fromkeys(r["scale"] for r in rows if r["stage"] == "prompts"):
+        ours = next(r for r in rows if r["scale"] == scale and r["stage"] == "prompts")
+        naive = next(r for r in rows if r["scale"] == scale and r["stage"] == "naive_prompts")
+        per_pair = ours["seconds"] / max(ours["pairs"], 1)
+        lines.append(f"| {scale} | prompts build ({ours['pairs']:,} SFT train rows, all outputs) | "
+                     f"{ours['seconds']:.1f} | {ours['peak_bytes'] / 2**30:.2f} | {1000 * per_pair:.3f} | "
+                     f"{per_pair / naive['seconds_per_pair']:.3f} |")
+        lines.append(f"| {scale} | naive per-pair Python (sample) | | | {1000 * naive['seconds_per_pair']:.3f} | 1.000 |")
+    return "\n".join(lines)
+
+
+def main(scales: list[str], prompt_scales: set[str]) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="leadre-bench-") as tmp:
         for scale in scales:
-            rows += bench_scale(scale, Path(tmp) / scale)
+            rows += bench_scale(scale, Path(tmp) / scale, with_prompts=scale in prompt_scales)
             print(f"{scale}: done", flush=True)
     return rows

@@ -29,6 +29,19 @@ def main(stage: str, params_file: str) -> None:
         run_validate(params)
     elif stage == "io_floor":
         io_floor(params)
+    elif stage == "prompts":
+        from bench.prompts import write_synthetic_sids
+        from leadre.prompts.build import run_build_prompts
+        write_synthetic_sids(params)
+        started = time.perf_counter()  # the S-ID table is set-up, not part of the measured stage
+        run_build_prompts(params)
+    elif stage == "naive_prompts":
+        from bench.prompts import naive_render_seconds_per_pair
+        started = time.perf_counter()
+        seconds_per_pair = naive_render_seconds_per_pair(params)
+        print(json.dumps({"stage": stage, "seconds_per_pair": seconds_per_pair, "seconds": seconds_per_pair,
+                          "peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+        return
     else:
         raise SystemExit(f"unknown stage {stage!r}")
     seconds = time.perf_counter() - started
