@@ -27,7 +27,7 @@ def write_synthetic_sids(params: Params) -> None:
                                                                    k // size**3)]
     out = params.path(params.sids.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({"ad_id": ads["ad_id"], "sid": sid}).to_parquet(out / "ad_sids.parquet")
+    pd.DataFrame({"ad_id": ads["ad_id"], "sid": sid, "live": True}).to_parquet(out / "ad_sids.parquet")
 
 
 def naive_render_seconds_per_pair(params: Params) -> float:

@@ -68,7 +68,7 @@ def step(func: F) -> F:
         except ConfigError as err:
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(2) from None
-        except DataError as err:
+        except (DataError, FileNotFoundError) as err:  # bad or missing input: a message, not a traceback
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(1) from None
 

@@ -25,12 +25,13 @@ import pyarrow.parquet as pq
 import yaml
 
 from leadre.config import Params
-from leadre.data.tables import read_tables
+from leadre.data.tables import DataError, Finding, read_tables
 from leadre.io import atomic_dir, write_json
 from leadre.prompts import alignment
 from leadre.prompts.pairs import SPLITS, EventLog, Pairs, select_pairs
 from leadre.prompts.render import Catalogue, Rendered, render
 from leadre.prompts.tokens import TokenCounter
+from leadre.sids.build import load_sid_table
 
 log = logging.getLogger(__name__)
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
@@ -117,12 +118,16 @@ def run_build_prompts(params: Params) -> dict:
     settings = params.prompts
     rng = np.random.default_rng(settings.seed)
     tables = read_tables(params.path(params.data.validated_dir))
-    sid_table = pd.read_parquet(params.path(params.sids.out_dir) / "ad_sids.parquet", columns=["ad_id", "sid"])
+    sid_table = load_sid_table(params.path(params.sids.out_dir))
     ads = tables["ads"]
     ad_sid = pd.Series(sid_table["sid"].to_numpy(), index=sid_table["ad_id"]).reindex(ads["ad_id"])
     if ad_sid.isna().any():
-        missing = ads["ad_id"][ad_sid.isna().to_numpy()].head(5).tolist()
-        raise ValueError(f"{ad_sid.isna().sum()} ads have no semantic ID (e.g. {missing}): run `leadre sids assign`")
+        missing = np.flatnonzero(ad_sid.isna().to_numpy())
+        raise DataError([Finding(str(params.path(params.sids.out_dir) / "ad_sids.parquet"),
+                                 "every validated ad has a semantic ID", "ads", "ad_id", len(missing),
+                                 rows=[int(r) + 1 for r in missing[:5]],
+                                 examples=[f"ad_id={ads['ad_id'].iloc[r]}" for r in missing[:5]],
+                                 detail="run `leadre sids assign` for new ads")])
     ad_sid = ad_sid.astype(str).to_numpy()
 
     event_log_, texts_title, _ = event_log(tables)

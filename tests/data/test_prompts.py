@@ -92,7 +92,7 @@ GOLDEN_TEST_PROMPT = (
 def _write_sids(params: Params, sids: dict[int, str]) -> None:
     out = params.path(params.sids.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({"ad_id": list(sids), "sid": list(sids.values())}).to_parquet(out / "ad_sids.parquet")
+    pd.DataFrame({"ad_id": list(sids), "sid": list(sids.values()), "live": True}).to_parquet(out / "ad_sids.parquet")
 
 
 @pytest.fixture
@@ -207,3 +207,15 @@ def test_datasets_load_with_hugging_face_datasets(tiny_prompts):
     sft, dpo = datasets.load_dataset(folder, "sft"), datasets.load_dataset(folder, "dpo")
     assert set(sft) == {"train", "valid", "test"} and set(dpo) == {"train", "valid"}
     assert sft["train"][0]["completion"][0]["role"] == "assistant"
+
+
+def test_an_ad_without_semantic_id_is_a_clear_error(tmp_path):
+    from leadre.data.tables import DataError
+
+    params = write_params(tmp_path)
+    write_tables(micro_world(), params.path(params.data.generated_dir), {"source": "test"})
+    run_validate(params)
+    _write_sids(params, {k: v for k, v in MICRO_SIDS.items() if k != 1000000003})
+    with pytest.raises(DataError, match=r"every validated ad has a semantic ID.*sids assign.*row 3: ad_id=1000000003"):
+        run_build_prompts(params)
+    assert not params.path(params.prompts.out_dir).exists()
