@@ -47,10 +47,12 @@ def clone(tmp_path_factory) -> Path:
 
 def test_repro_runs_generate_and_validate_then_is_up_to_date(clone: Path):
     out = _run(clone, "dvc", "repro")
-    assert "Running stage 'generate'" in out and "Running stage 'validate'" in out
+    for stage in ("generate", "validate", "sids", "prompts"):
+        assert f"Running stage '{stage}'" in out
     assert (clone / "data/validated/events.parquet").exists()
+    assert (clone / "artifacts/sids/ad_sids.parquet").exists() and (clone / "data/prompts/sft/train.parquet").exists()
     lock = yaml.safe_load((clone / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"generate", "validate"}
+    assert set(lock["stages"]) == {"generate", "validate", "sids", "prompts"}
     docs = (clone / "reports/validation/data_docs/index.html").read_text()
     assert "events" in docs and "ads" in docs  # the GX data docs site lists every suite's run
     metrics = json.loads((clone / "reports/validation_metrics.json").read_text())
@@ -66,6 +68,8 @@ def test_changing_a_param_reruns_only_what_depends_on_it(clone: Path):
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = _run(clone, "dvc", "repro")
     assert "Stage 'generate' didn't change" in out and "Running stage 'validate'" in out
+    # validate rewrote identical data, so DVC skips everything downstream of it
+    assert "Stage 'sids' didn't change" in out and "Stage 'prompts' didn't change" in out
 
 
 def test_push_to_the_default_local_remote_and_track_imported_data(clone: Path):
