@@ -141,6 +141,7 @@ class PromptParams(_Section):
     max_prompt_tokens: int = Field(ge=64)
     token_counter: str
     users_per_chunk: int = Field(gt=0)
+    workers: int = Field(ge=1)
     aux_ratio: AuxRatio
     dpo_same_intent_rejected: float = Field(ge=0, le=1)
     seed: int

@@ -1,21 +1,24 @@
 """`leadre prompts build`: the datasets SFT, DPO and evaluation read, written to `prompts.out_dir`.
 
-    sft/train.parquet    main task + auxiliary tasks (column `task`), chat format: prompt / completion messages
-    sft/valid.parquet    main task, valid split (early stopping)
-    sft/test.parquet     main task, test split; `all_target_ad_ids` lists every ad of the intent in the window
-    dpo/train.parquet    prompt / chosen / rejected, from train prompts
-    dpo/valid.parquet    the same from valid prompts (held-out preference accuracy)
+    sft/train/           main task + auxiliary tasks (column `task`), chat format: prompt / completion messages
+    sft/valid/           main task, valid split (early stopping)
+    sft/test/            main task, test split; `all_target_ad_ids` lists every ad of the intent in the window
+    dpo/train/           prompt / chosen / rejected, from train prompts
+    dpo/valid/           the same from valid prompts (held-out preference accuracy)
     README.md            dataset card: counts, token-length percentiles, intent distribution; its YAML header
                          makes `datasets.load_dataset(out_dir, "sft")` (or "dpo") work offline
     card.json            the card's numbers, for DVC and MLflow
 
-Pairs are built and written per chunk of users, so memory stays bounded at any number of users.
+Each folder holds Parquet parts, one per chunk of `users_per_chunk` users (plus `part-aux` for the auxiliary
+tasks): chunks are built concurrently by `workers` threads and memory stays bounded at any number of users.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from leadre.config import Params
+from leadre.config import Params, PromptParams
 from leadre.data.tables import DataError, Finding, read_tables
 from leadre.io import atomic_dir, write_json
 from leadre.prompts import alignment
@@ -37,6 +40,7 @@ log = logging.getLogger(__name__)
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
 MESSAGES = pa.list_(MESSAGE)
 FILES = {"sft": ("train", "valid", "test"), "dpo": ("train", "valid")}
+AUX_STREAM = 1 << 30  # RNG stream of the auxiliary tasks, apart from every chunk's
 
 
 def _ms(series: pd.Series) -> np.ndarray:
@@ -88,17 +92,22 @@ def _id_lists(offsets: np.ndarray, ids: np.ndarray) -> pa.Array:
 
 
 class _Writers:
-    """One Parquet writer per output file, opened on first write."""
+    """One Parquet part file per output folder (e.g. sft/train/part-00003.parquet), opened on first write.
 
-    def __init__(self, root: Path):
-        self.root, self.open, self.rows = root, {}, {}
+    Each chunk of users writes its own parts, so chunks can run concurrently and the output does not depend on
+    how many ran at once.
+    """
+
+    def __init__(self, root: Path, part: str):
+        self.root, self.part, self.open, self.rows = root, part, {}, {}
 
     def write(self, name: str, table: pa.Table) -> None:
         if len(table) == 0:
             return
         if name not in self.open:
-            (self.root / name).parent.mkdir(parents=True, exist_ok=True)
-            self.open[name] = pq.ParquetWriter(self.root / name, table.schema, compression="zstd")
+            (self.root / name).mkdir(parents=True, exist_ok=True)
+            self.open[name] = pq.ParquetWriter(self.root / name / f"part-{self.part}.parquet", table.schema,
+                                               compression="zstd")
         self.open[name].write_table(table)
         self.rows[name] = self.rows.get(name, 0) + len(table)
 
@@ -116,7 +125,7 @@ def _sft_table(task: str, prompts: pa.Array, answers: pa.Array, **columns) -> pa
 def run_build_prompts(params: Params) -> dict:
     started = time.perf_counter()
     settings = params.prompts
-    rng = np.random.default_rng(settings.seed)
+    rng = np.random.default_rng(settings.seed)  # pair selection; each chunk has its own stream
     tables = read_tables(params.path(params.data.validated_dir))
     sid_table = load_sid_table(params.path(params.sids.out_dir))
     ads = tables["ads"]
@@ -143,31 +152,67 @@ def run_build_prompts(params: Params) -> dict:
     user_ids = tables["users"]["user_id"].to_numpy()
     ad_ids = ads["ad_id"].to_numpy()
 
-    tokens = {split: [] for split in SPLITS}
-    intent_counts = np.zeros(len(intents), dtype=np.int64)
     out_dir = params.path(settings.out_dir)
     with atomic_dir(out_dir) as tmp:
-        writers = _Writers(tmp)
+        context = _Context(event_log_, catalogue, settings, ads, ad_sid, ad_ids, user_ids, intents, tmp)
+        chunk_of_pair = pairs.user // settings.users_per_chunk
+        chunks = [(int(c), pairs.take(np.flatnonzero(chunk_of_pair == c))) for c in np.unique(chunk_of_pair)]
+        # numpy, pyarrow kernels and Parquet writes release the GIL: threads share the event log without copies.
+        with ThreadPoolExecutor(max_workers=settings.workers) as pool:
+            results = list(pool.map(lambda chunk: _build_chunk(context, *chunk), chunks))
+        rows = {}
+        for result in results:
+            for name, n in result["rows"].items():
+                rows[name] = rows.get(name, 0) + n
+        tokens = {split: [t for r in results for t in r["tokens"][split]] for split in SPLITS}
+        intent_counts = np.sum([r["intents"] for r in results], axis=0) if results else np.zeros(len(intents))
+        aux = _Writers(tmp, "aux")
         try:
-            chunk_of_pair = pairs.user // settings.users_per_chunk
-            for chunk in np.unique(chunk_of_pair):
-                index = np.flatnonzero(chunk_of_pair == chunk)
-                chunk_pairs = pairs.take(index)
-                shown = render(event_log_, catalogue, chunk_pairs.user, chunk_pairs.cutoff, settings)
-                _write_main(writers, chunk_pairs, shown, ad_sid, ad_ids, user_ids, intents, tokens, intent_counts)
-                _write_titles_prompt(writers, chunk_pairs, event_log_, catalogue, settings, ad_sid, ad_ids,
-                                     user_ids, intents, rng)
-                _write_dpo(writers, chunk_pairs, shown, ads, ad_sid, ad_ids, user_ids, intents, settings, rng)
-            n_main = sum(len(t) for t in tokens["train"])  # main-task train pairs only
-            _write_aux(writers, ads, ad_sid, n_main, settings, rng)
+            _write_aux(aux, ads, ad_sid, sum(len(t) for t in tokens["train"]), settings,
+                       np.random.default_rng([settings.seed, AUX_STREAM]))
         finally:
-            writers.close()
-        card = _card(writers.rows, tokens, intent_counts, intents, settings, time.perf_counter() - started)
+            aux.close()
+        for name, n in aux.rows.items():
+            rows[name] = rows.get(name, 0) + n
+        card = _card(rows, tokens, intent_counts, intents, settings, time.perf_counter() - started)
         write_json(tmp / "card.json", card)
         (tmp / "README.md").write_text(_card_markdown(card), encoding="utf-8")
     _log_to_mlflow(card)
     log.info("prompts: %s in %.1fs", card["counts"], card["seconds"])
     return card
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What every chunk reads (never writes)."""
+
+    log: EventLog
+    catalogue: Catalogue
+    settings: PromptParams
+    ads: pd.DataFrame
+    ad_sid: np.ndarray
+    ad_ids: np.ndarray
+    user_ids: np.ndarray
+    intents: np.ndarray
+    out: Path
+
+
+def _build_chunk(ctx: _Context, chunk: int, pairs: Pairs) -> dict:
+    """Render and write one chunk of users' pairs; seeded by the chunk number, so threads do not change the output."""
+    rng = np.random.default_rng([ctx.settings.seed, chunk])
+    writers = _Writers(ctx.out, f"{chunk:05d}")
+    tokens = {split: [] for split in SPLITS}
+    intent_counts = np.zeros(len(ctx.intents), dtype=np.int64)
+    try:
+        shown = render(ctx.log, ctx.catalogue, pairs.user, pairs.cutoff, ctx.settings)
+        _write_main(writers, pairs, shown, ctx.ad_sid, ctx.ad_ids, ctx.user_ids, ctx.intents, tokens, intent_counts)
+        _write_titles_prompt(writers, pairs, ctx.log, ctx.catalogue, ctx.settings, ctx.ad_sid, ctx.ad_ids,
+                             ctx.user_ids, ctx.intents, rng)
+        _write_dpo(writers, pairs, shown, ctx.ads, ctx.ad_sid, ctx.ad_ids, ctx.user_ids, ctx.intents, ctx.settings,
+                   rng)
+    finally:
+        writers.close()
+    return {"rows": writers.rows, "tokens": tokens, "intents": intent_counts}
 
 
 def _write_main(writers, pairs: Pairs, shown: Rendered, ad_sid, ad_ids, user_ids, intents, tokens, intent_counts):
@@ -185,7 +230,7 @@ def _write_main(writers, pairs: Pairs, shown: Rendered, ad_sid, ad_ids, user_ids
             last_event_ts=pa.array(shown.last_event_ts[index].astype("datetime64[ms]"), pa.timestamp("ms", tz="UTC")),
         )
         columns["all_target_ad_ids"] = _id_lists(part.target_offsets, ad_ids[part.targets])
-        writers.write(f"sft/{split}.parquet", _sft_table(
+        writers.write(f"sft/{split}", _sft_table(
             "main", _messages(shown.user_message.take(pa.array(index))), _answers(ad_sid[part.target_ad]),
             **columns))
         tokens[split].append(shown.tokens[index])
@@ -200,7 +245,7 @@ def _write_titles_prompt(writers, pairs: Pairs, event_log_, catalogue, settings,
         return
     part = pairs.take(index)
     shown = render(event_log_, catalogue, part.user, part.cutoff, settings, ads_as="title")
-    writers.write("sft/train.parquet", _sft_table(
+    writers.write("sft/train", _sft_table(
         "titles_prompt", _messages(shown.user_message), _answers(ad_sid[part.target_ad]),
         intent=pa.array(intents[part.intent]).dictionary_encode(), user_id=pa.array(user_ids[part.user]),
         cutoff=pa.array(part.cutoff.astype("datetime64[ms]"), pa.timestamp("ms", tz="UTC")),
@@ -219,7 +264,7 @@ def _write_dpo(writers, pairs: Pairs, shown: Rendered, ads, ad_sid, ad_ids, user
         if len(found) == 0:
             continue
         chosen, rejected, ecpm = part.target_ad[found], rejected[found], ads["ecpm"].to_numpy()
-        writers.write(f"dpo/{split}.parquet", pa.table({
+        writers.write(f"dpo/{split}", pa.table({
             "prompt": _messages(shown.user_message.take(pa.array(index[found]))),
             "chosen": _answers(ad_sid[chosen]), "rejected": _answers(ad_sid[rejected]),
             "chosen_ad_id": pa.array(ad_ids[chosen]), "rejected_ad_id": pa.array(ad_ids[rejected]),
@@ -242,7 +287,7 @@ def _write_aux(writers, ads: pd.DataFrame, ad_sid, n_main: int, settings, rng):
         else:
             prompt, answer = alignment.sid_to_text_prompt(pd.Series(ad_sid[rows])), alignment.sid_to_text_answer(chosen)
         n = len(rows)
-        writers.write("sft/train.parquet", _sft_table(
+        writers.write("sft/train", _sft_table(
             task, _messages(pa.array(prompt.tolist(), pa.string())), _answers(list(answer)),
             intent=pa.array(chosen["industry"].astype(str).tolist()).dictionary_encode(),
             user_id=pa.array(np.full(n, -1, dtype=np.int64)),
@@ -259,21 +304,21 @@ def _card(rows: dict, tokens: dict, intent_counts, intents, settings, seconds: f
     total = max(int(intent_counts.sum()), 1)
     distribution = {str(intents[i]): round(int(intent_counts[i]) / total, 4) for i in np.argsort(-intent_counts)
                     if intent_counts[i] > 0}
-    return {"counts": {name.removesuffix(".parquet"): n for name, n in sorted(rows.items())},
+    return {"counts": dict(sorted(rows.items())),
             "prompt_tokens": percentiles, "max_prompt_tokens": settings.max_prompt_tokens,
             "train_intent_share": distribution, "seconds": round(seconds, 2)}
 
 
 def _card_markdown(card: dict) -> str:
-    configs = [{"config_name": name, "data_files": [{"split": split, "path": f"{name}/{split}.parquet"}
+    configs = [{"config_name": name, "data_files": [{"split": split, "path": f"{name}/{split}/*.parquet"}
                                                     for split in splits if f"{name}/{split}" in card["counts"]]}
                for name, splits in FILES.items()]
     header = yaml.safe_dump({"configs": configs, "language": ["en"], "pretty_name": "LEADRE prompts"}, sort_keys=False)
     lines = ["---", header.strip(), "---", "", "# LEADRE prompts", "",
              "Intent-aware <prompt, response> pairs (main task), auxiliary alignment tasks and DPO preference pairs,",
              "built by `leadre prompts build` (leadre/prompts/). Responses are semantic IDs of ads.", "",
-             "| file | rows |", "|---|---:|"]
-    lines += [f"| {name}.parquet | {n:,} |" for name, n in card["counts"].items()]
+             "| folder | rows |", "|---|---:|"]
+    lines += [f"| {name}/ | {n:,} |" for name, n in card["counts"].items()]
     lines += ["", f"Prompt tokens of the main task (bound: {card['max_prompt_tokens']}):", "",
               "| split | p50 | p90 | p99 | max |", "|---|---:|---:|---:|---:|"]
     lines += [f"| {s} | {p.get('p50', '')} | {p.get('p90', '')} | {p.get('p99', '')} | {p.get('max', '')} |"

@@ -106,7 +106,7 @@ def micro(tmp_path) -> Params:
 
 
 def _sft(params: Params, split: str) -> pd.DataFrame:
-    return pd.read_parquet(params.path(params.prompts.out_dir) / "sft" / f"{split}.parquet")
+    return pd.read_parquet(params.path(params.prompts.out_dir) / "sft" / split)
 
 
 def test_golden_prompt_of_one_user(micro):
@@ -137,7 +137,8 @@ def test_no_future_event_in_any_prompt(micro):
 
 @pytest.fixture(scope="module")
 def tiny_prompts(tmp_path_factory) -> Params:
-    params = write_params(tmp_path_factory.mktemp("prompts"), {"prompts.max_prompt_tokens": 160})
+    params = write_params(tmp_path_factory.mktemp("prompts"), {"prompts.max_prompt_tokens": 160,
+                                                              "prompts.users_per_chunk": 150})
     from leadre.data.generate import run_generate
     run_generate(params)
     run_validate(params)
@@ -172,7 +173,7 @@ def test_prompt_token_bound_holds_for_the_real_tokenizer(tiny_prompts):
 
 def test_dpo_pairs_prefer_higher_ecpm_among_relevant_ads(tiny_prompts):
     folder = tiny_prompts.path(tiny_prompts.prompts.out_dir)
-    dpo = pd.read_parquet(folder / "dpo" / "train.parquet")
+    dpo = pd.read_parquet(folder / "dpo" / "train")
     assert len(dpo) > 0 and (dpo["chosen_ecpm"] > dpo["rejected_ecpm"]).all()
     train = _sft(tiny_prompts, "train")
     engaged = set(zip(train["user_id"], train["target_ad_id"]))
@@ -192,12 +193,17 @@ def test_auxiliary_tasks_follow_their_ratios(tiny_prompts):
     assert not titles.str.contains("'click_ad'<a_").any()  # ads written as titles, not S-IDs
 
 
-def test_same_inputs_same_datasets(tiny_prompts):
+def _hashes(folder) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*.parquet")}
+
+
+def test_same_inputs_same_datasets_whatever_the_threads(tiny_prompts):
     folder = tiny_prompts.path(tiny_prompts.prompts.out_dir)
-    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*.parquet"))}
-    run_build_prompts(tiny_prompts)
-    after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*.parquet"))}
-    assert before == after
+    before = _hashes(folder)
+    assert len([name for name in before if name.startswith("sft/train/")]) > 2  # several chunks, plus aux
+    one_thread = tiny_prompts.model_copy(update={"prompts": tiny_prompts.prompts.model_copy(update={"workers": 1})})
+    run_build_prompts(one_thread)
+    assert _hashes(folder) == before
 
 
 def test_datasets_load_with_hugging_face_datasets(tiny_prompts):

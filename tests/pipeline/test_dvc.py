@@ -50,7 +50,7 @@ def test_repro_runs_generate_and_validate_then_is_up_to_date(clone: Path):
     for stage in ("generate", "validate", "sids", "prompts"):
         assert f"Running stage '{stage}'" in out
     assert (clone / "data/validated/events.parquet").exists()
-    assert (clone / "artifacts/sids/ad_sids.parquet").exists() and (clone / "data/prompts/sft/train.parquet").exists()
+    assert (clone / "artifacts/sids/ad_sids.parquet").exists() and (clone / "data/prompts/sft/train/part-00000.parquet").exists()
     lock = yaml.safe_load((clone / "dvc.lock").read_text())
     assert set(lock["stages"]) == {"generate", "validate", "sids", "prompts"}
     docs = (clone / "reports/validation/data_docs/index.html").read_text()
