@@ -38,7 +38,7 @@ def naive_render_seconds_per_pair(params: Params) -> float:
 
     write_synthetic_sids(params)
     tables = read_tables(params.path(params.data.validated_dir))
-    log, titles, _ = event_log(tables)
+    log, titles = event_log(tables)
     sids = pd.read_parquet(params.path(params.sids.out_dir) / "ad_sids.parquet")["sid"].tolist()
     texts = sids + titles.tolist()[len(sids):]
     ads = tables["ads"]

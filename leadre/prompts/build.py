@@ -47,8 +47,8 @@ def _ms(series: pd.Series) -> np.ndarray:
     return series.dt.tz_convert(None).to_numpy().astype("datetime64[ms]").astype(np.int64)
 
 
-def event_log(tables: dict[str, pd.DataFrame]) -> tuple[EventLog, pd.Series, pd.Series]:
-    """Events resolved to integer codes; also the object texts (ads first, then contents, then queries)."""
+def event_log(tables: dict[str, pd.DataFrame]) -> tuple[EventLog, pd.Series]:
+    """Events resolved to integer codes; also the object titles (ads first, then contents, then queries)."""
     users, ads, contents, queries, events = (tables[n] for n in ("users", "ads", "contents", "queries", "events"))
     user = pd.Index(users["user_id"]).get_indexer(events["user_id"])
     obj = np.full(len(events), -1, dtype=np.int64)
@@ -67,7 +67,7 @@ def event_log(tables: dict[str, pd.DataFrame]) -> tuple[EventLog, pd.Series, pd.
                     obj=obj, category=category_codes[obj], actions=actions,
                     categories=np.asarray(categories), user_start=starts)
     texts_title = pd.concat([ads["title"], contents["title"], queries["text"]], ignore_index=True).astype(str)
-    return log_, texts_title, object_category
+    return log_, texts_title
 
 
 def _one_message(role: str, texts) -> pa.Array:
@@ -139,7 +139,7 @@ def run_build_prompts(params: Params) -> dict:
                                  detail="run `leadre sids assign` for new ads")])
     ad_sid = ad_sid.astype(str).to_numpy()
 
-    event_log_, texts_title, _ = event_log(tables)
+    event_log_, texts_title = event_log(tables)
     del tables["events"]  # now arrays in the event log; the frame would double the largest table in memory
     counter = TokenCounter(settings.token_counter)
     texts_sid = np.concatenate([ad_sid, texts_title.to_numpy()[len(ads):]])
