@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
-import time
-from pathlib import Path
 
-from bench import data
+from bench import data, save_results
 
 
 def main() -> None:
@@ -21,10 +18,7 @@ def main() -> None:
     if any(r["stage"] == "prompts" for r in rows):
         print("\nPrompts (synthetic S-IDs; S-ID build: python -m bench.sids)\n")
         print(data.prompts_report(rows))
-    out = Path(__file__).parent / "results" / f"data-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(rows, indent=2))
-    print(f"\nsaved {out}")
+    print(f"\nsaved {save_results('data', rows)}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ data/validated-style folder without running the Great Expectations suites, which
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import threading
@@ -29,6 +28,7 @@ import numpy as np
 import psutil
 import yaml
 
+from bench import save_results
 from leadre.config import Params, load_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -180,10 +180,7 @@ def main() -> None:
     overrides = {key: yaml.safe_load(value) for key, _, value in (item.partition("=") for item in args.set)}
     result = run(args.scale, overrides)
     print(table(result))
-    out = Path(__file__).parent / "results" / f"sids-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"\nsaved {out}")
+    print(f"\nsaved {save_results('sids', result)}")
 
 
 if __name__ == "__main__":
