@@ -16,6 +16,7 @@ data/validated-style folder without running the Great Expectations suites, which
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import threading
@@ -136,6 +137,8 @@ def run(scale: str, overrides: dict[str, Any]) -> dict[str, Any]:
                 "quantise": (report["seconds"]["quantise"], sampler.peak(encode_end, quantise_end)),
                 "total": (end - start, sampler.peak(start, end)),
             }
+            # Printed at once: the baselines take as long again, and a run stopped during them keeps these figures.
+            print(json.dumps({"ours": ours, "report": report}), flush=True)
             print("ours done; baseline encode…", flush=True)
             texts = ad_texts(read_tables(params.path(params.data.validated_dir), names=("ads",))["ads"]
                              .sort_values("ad_id"))
