@@ -6,8 +6,10 @@ BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 export HF_HUB_OFFLINE := 1
+# one MLflow parent run per `make run`: every step's run nests under it (see leadre/tracking.py)
+export LEADRE_RETRAIN_ID ?= make-$(shell date -u +%Y%m%dT%H%M%S)
 
-.PHONY: install run test bench lock clean
+.PHONY: install run test bench airflow lock clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +28,11 @@ test: install  ## the whole suite (CI calls exactly this)
 
 bench: install  ## speed and memory at default, 100k and 1M users (minutes; see bench/README.md)
 	python -m bench
+
+airflow: install  ## the Airflow UI on :8080 with this repo's DAG (SQLite metadata in .airflow/; Ctrl-C stops it)
+	AIRFLOW_HOME=$(CURDIR)/.airflow AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags AIRFLOW__CORE__LOAD_EXAMPLES=False \
+	AIRFLOW__CORE__PARALLELISM=2 AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG=2 LEADRE_PARAMS=$(CURDIR)/params.yaml \
+	airflow standalone
 
 lock: install  ## refresh requirements.lock after changing pyproject.toml
 	( head -n 2 requirements.lock; $(BIN)/pip freeze --exclude-editable ) > requirements.lock.new

@@ -60,6 +60,8 @@ def current_params() -> Params:
 def step(func: F) -> F:
     """Turn the platform's expected failures into one clear message and a non-zero exit, without a traceback."""
     from leadre.data.tables import DataError
+    from leadre.registry.models import RegistryError
+    from leadre.train.model import ModelError
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -68,7 +70,7 @@ def step(func: F) -> F:
         except ConfigError as err:
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(2) from None
-        except (DataError, FileNotFoundError) as err:  # bad or missing input: a message, not a traceback
+        except (DataError, FileNotFoundError, ModelError, RegistryError) as err:  # bad or missing input: a message, not a traceback
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(1) from None
 
@@ -143,6 +145,126 @@ def prompts_build() -> None:
 
     card = run_build_prompts(current_params())
     typer.echo(f"prompts built: {card['counts']}")
+
+
+@app.command("sft")
+@step
+def sft(
+    resume: Annotated[bool, typer.Option("--resume", help="continue from the last checkpoint in sft.checkpoint_dir")] = False,
+) -> None:
+    """Supervised fine-tuning (TRL SFTTrainer) on the main + auxiliary tasks; the model goes to sft.out_dir."""
+    from leadre.train.sft import run_sft
+
+    metrics = run_sft(current_params(), resume=resume)
+    typer.echo("sft done: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+
+
+@app.command("dpo")
+@step
+def dpo(
+    resume: Annotated[bool, typer.Option("--resume", help="continue from the last checkpoint in dpo.checkpoint_dir")] = False,
+) -> None:
+    """Preference alignment (TRL DPOTrainer) from the SFT model towards higher-eCPM ads; model to dpo.out_dir."""
+    from leadre.train.dpo import run_dpo
+
+    metrics = run_dpo(current_params(), resume=resume)
+    typer.echo("dpo done: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+
+
+@app.command("generate")
+@step
+def generate(
+    model: Annotated[Path | None, typer.Option(help="model bundle folder (default: evaluate.candidate_dir)")] = None,
+    split: Annotated[str, typer.Option(help="prompts split whose users to recommend for")] = "test",
+    users: Annotated[int, typer.Option(help="how many users (the first N by id)")] = 10,
+    k: Annotated[int, typer.Option(help="ads per user")] = 10,
+    out: Annotated[Path | None, typer.Option(help="write user_id, ad_ids, scores as Parquet")] = None,
+) -> None:
+    """Trie-constrained beam search: each user's top-K live ads from a trained model, with scores."""
+    from leadre.generate.cli import run_generate
+
+    rows = run_generate(current_params(), model, split, users, k, out)
+    for row in rows[: min(len(rows), 5)]:
+        typer.echo(f"user {row['user_id']}: " + ", ".join(f"{a} ({s:.2f})" for a, s in zip(row["ad_ids"], row["scores"])))
+
+
+@app.command("evaluate")
+@step
+def evaluate() -> None:
+    """Offline evaluation: candidate, champion and baselines on the time split; metrics, plots and report."""
+    from leadre.evaluate.run import run_evaluate
+
+    summary = run_evaluate(current_params())
+    primary = current_params().gate.primary_metric
+    typer.echo(f"evaluated {summary['users']} users: " + ", ".join(
+        f"{name} {primary}={values[primary]:.4f}" for name, values in summary["methods"].items()))
+
+
+@app.command("gate")
+@step
+def gate(
+    xcom: Annotated[Path | None, typer.Option(help="also write the decision JSON here (a Kubernetes pod's "
+                                                   "/airflow/xcom/return.json)")] = None,
+) -> None:
+    """Decide whether the candidate may replace the champion; register it as the challenger; write the decision."""
+    from leadre.evaluate.gate import run_gate
+    from leadre.io import write_json
+
+    decision = run_gate(current_params())
+    if xcom is not None:
+        write_json(xcom, decision)
+    verdict = "PASSED" if decision["passed"] else "FAILED"
+    typer.echo(f"gate {verdict} against {decision['reference']} (challenger version "
+               f"{decision['challenger_version']}):\n  " + "\n  ".join(decision["reasons"]))
+
+
+@app.command("promote")
+@step
+def promote() -> None:
+    """Point the registry's `champion` alias at the challenger, if its gate passed."""
+    from leadre.registry.promote import run_promote
+
+    result = run_promote(current_params())
+    if result["promoted"]:
+        typer.echo(f"champion is now version {result['champion']} (was {result['previous']})")
+    else:
+        typer.echo(f"not promoted: the gate failed; champion stays {result['champion']}")
+
+
+@app.command("rollback")
+@step
+def rollback() -> None:
+    """Point `champion` back at the version it replaced."""
+    from leadre.registry.promote import run_rollback
+
+    result = run_rollback(current_params())
+    typer.echo(f"champion rolled back from version {result['rolled_back_from']} to {result['champion']}")
+
+
+@app.command("nearline")
+@step
+def nearline() -> None:
+    """Near-line refresh: the champion's top-N live ads for every active user, published to the candidate store."""
+    from leadre.serve.nearline import run_nearline
+
+    summary = run_nearline(current_params())
+    if "skipped" in summary:
+        typer.echo(f"near-line skipped: {summary['skipped']}")
+        return
+    typer.echo(f"near-line: {summary['users']} users from model version {summary['model_version']} "
+               f"({summary['users_per_second']:.1f} users/s), snapshot {summary['snapshot_id']}")
+
+
+@app.command("serve")
+@step
+def serve(
+    host: Annotated[str | None, typer.Option(help="bind address (default: serve.host)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (default: serve.port)")] = None,
+) -> None:
+    """The online recommendation API (FastAPI): answers from the candidate store, follows the champion alias."""
+    from leadre.serve.service import run_serve
+
+    run_serve(current_params(), host, port)
 
 
 if __name__ == "__main__":

@@ -7,12 +7,19 @@ the key, so a typo never silently falls back to a default.
 from __future__ import annotations
 
 import os
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 PARAMS_ENV = "LEADRE_PARAMS"
 DEFAULT_PARAMS_FILE = "params.yaml"
@@ -129,6 +136,15 @@ class AuxRatio(_Section):
     titles_prompt: float = Field(ge=0)
 
 
+class PromptFeatures(_Section):
+    """Facets of the user a prompt shows; switching one off is the paper's feature ablation."""
+
+    profile: bool
+    long_term: bool
+    short_term: bool
+    content: bool
+
+
 class PromptParams(_Section):
     out_dir: Path
     holdout_days: int = Field(gt=0)
@@ -144,7 +160,201 @@ class PromptParams(_Section):
     workers: int = Field(ge=1)
     aux_ratio: AuxRatio
     dpo_same_intent_rejected: float = Field(ge=0, le=1)
+    features: PromptFeatures
     seed: int
+
+
+class TinyModelParams(_Section):
+    vocab_size: int = Field(ge=300)
+    hidden_size: int = Field(gt=0)
+    layers: int = Field(ge=1)
+    heads: int = Field(ge=1)
+    kv_heads: int = Field(ge=1)
+    intermediate_size: int = Field(gt=0)
+    max_position_embeddings: int = Field(ge=64)
+    tokenizer_corpus_rows: int = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TinyModelParams:
+        if self.hidden_size % self.heads or self.heads % self.kv_heads:
+            raise ValueError("hidden_size must be a multiple of heads, and heads a multiple of kv_heads")
+        return self
+
+
+class ModelParams(_Section):
+    base_model: str
+    tiny: TinyModelParams
+    cpu_threads: int = Field(ge=0)
+
+
+class LoraParams(_Section):
+    enabled: bool | Literal["auto"]
+    r: int = Field(ge=1)
+    alpha: int = Field(ge=1)
+    dropout: float = Field(ge=0, lt=1)
+    target_modules: str | list[str]
+
+
+class _TrainerParams(_Section):
+    out_dir: Path
+    checkpoint_dir: Path
+    metrics_file: Path
+    max_train_examples: int = Field(ge=0)
+    max_eval_examples: int = Field(ge=0)
+    epochs: float = Field(gt=0)
+    learning_rate: float = Field(gt=0)
+    batch_size: int = Field(ge=1)
+    gradient_accumulation_steps: int = Field(ge=1)
+    warmup_ratio: float = Field(ge=0, lt=1)
+    weight_decay: float = Field(ge=0)
+    max_length: int = Field(ge=32)
+    gradient_checkpointing: bool
+    logging_steps: int = Field(ge=1)
+    checkpoint_every_steps: int = Field(ge=0)
+    seed: int
+
+
+class SftParams(_TrainerParams):
+    completion_only_loss: bool
+    early_stopping_patience: int = Field(ge=0)
+    lora: LoraParams
+
+
+class DpoParams(_TrainerParams):
+    beta: float = Field(gt=0)
+    loss_type: str
+    lora: LoraParams
+
+
+class TrackingParams(_Section):
+    tracking_uri: str
+    artifact_root: Path
+    experiment: str
+    log_models: bool
+    system_metrics_seconds: float = Field(gt=0)
+
+
+class GenerateParams(_Section):
+    beam_width: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    value_weight: float = Field(ge=0)
+    diversity_penalty: float = Field(ge=0)
+    device: str
+
+
+class PopularityBaseline(_Section):
+    half_life_days: float | None = Field(gt=0)
+
+
+class ItemKnnBaseline(_Section):
+    neighbours: int | None = Field(ge=1)
+    shrink: float = Field(ge=0)
+    fallback_half_life_days: float | None = Field(gt=0)
+
+
+class SasRecBaseline(_Section):
+    hidden: int = Field(ge=1)
+    layers: int = Field(ge=1)
+    heads: int = Field(ge=1)
+    max_len: int = Field(ge=2)
+    epochs: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    batch_size: int = Field(ge=1)
+    dropout: float = Field(ge=0, lt=1)
+    weight_decay: float = Field(ge=0)
+    seed: int
+    device: str
+    threads: int = Field(ge=1)
+    fallback_half_life_days: float | None = Field(gt=0)
+
+
+class BaselinesParams(_Section):
+    popularity: PopularityBaseline
+    itemknn: ItemKnnBaseline
+    sasrec: SasRecBaseline
+
+
+class EvaluateParams(_Section):
+    split: Literal["valid", "test"]
+    candidate_dir: Path
+    compare_dirs: dict[str, Path]
+    ks: list[int] = Field(min_length=1)
+    max_users: int = Field(ge=0)
+    seed: int
+    exclude_engaged: bool
+    cold_user_max_engagements: int = Field(ge=0)
+    new_ad_days: int = Field(gt=0)
+    value_weights: list[float]
+    diversity_penalties: list[float]
+    reports_dir: Path
+    metrics_file: Path
+    baselines: BaselinesParams
+
+    @field_validator("ks")
+    @classmethod
+    def _has_ten(cls, ks: list[int]) -> list[int]:
+        if 10 not in ks or min(ks) < 1:
+            raise ValueError("must be positive and include 10 (the @10 metrics are the ones reports and gates use)")
+        return sorted(set(ks))
+
+
+class GateParams(_Section):
+    primary_metric: str
+    min_relative_lift: float
+    guardrails: dict[str, float]
+    decision_file: Path
+
+
+class RegistryParams(_Section):
+    model_name: str
+
+
+class NearlineParams(_Section):
+    active_days: int = Field(gt=0)
+    max_users: int = Field(ge=0)
+    top_n: int = Field(ge=1)
+    users_per_batch: int = Field(ge=1)
+    exclude_engaged: bool
+
+
+class ServeParams(_Section):
+    store_url: str
+    ads_file: Path
+    popularity_days: int = Field(gt=0)
+    host: str
+    port: int = Field(ge=1, le=65535)
+    default_k: int = Field(ge=1)
+    max_k: int = Field(ge=1)
+    fallback_size: int = Field(ge=1)
+    fallback_industries: int = Field(ge=1)
+    staleness_limit_s: float = Field(ge=0)
+    reload_interval_s: float = Field(ge=0)
+
+
+class OrchestrationParams(_Section):
+    """The Airflow DAG's settings; $LEADRE_RUNNER, $LEADRE_RETRIES and $LEADRE_SCHEDULE override them."""
+
+    runner: Literal["local", "kubernetes"]
+    schedule: str | None
+    retries: int = Field(ge=0)
+    retry_delay_minutes: float = Field(gt=0)
+    retry_exponential_backoff: float = Field(ge=0)
+    max_retry_delay_minutes: float = Field(gt=0)
+    execution_timeout_minutes: dict[str, float]
+
+    @field_validator("execution_timeout_minutes")
+    @classmethod
+    def _every_step(cls, value: dict[str, float]) -> dict[str, float]:
+        from leadre.steps import RETRAIN_ORDER
+
+        if set(value) != set(RETRAIN_ORDER):
+            raise ValueError(f"needs exactly the steps {', '.join(RETRAIN_ORDER)} (got {', '.join(value)})")
+        if any(minutes <= 0 for minutes in value.values()):
+            raise ValueError("timeouts must be positive")
+        return value
+
+    def timeout(self, step: str) -> timedelta:
+        return timedelta(minutes=self.execution_timeout_minutes[step])
 
 
 class Params(_Section):
@@ -153,6 +363,17 @@ class Params(_Section):
     validation: ValidationParams
     sids: SidsParams
     prompts: PromptParams
+    model: ModelParams
+    sft: SftParams
+    dpo: DpoParams
+    tracking: TrackingParams
+    generate: GenerateParams
+    evaluate: EvaluateParams
+    gate: GateParams
+    registry: RegistryParams
+    nearline: NearlineParams
+    serve: ServeParams
+    orchestration: OrchestrationParams
     root: Path = Field(default=Path("."), exclude=True)
 
     def path(self, relative: Path | str) -> Path:

@@ -44,3 +44,63 @@ def workspace(tmp_path, tiny_world) -> Params:
     params = write_params(tmp_path)
     shutil.copytree(tiny_world, params.path(params.data.generated_dir))
     return params
+
+
+# A model and data small enough that SFT + DPO take seconds on 2 cores, yet big enough to learn something.
+FAST_TRAINING = {
+    "model.tiny": {"vocab_size": 600, "hidden_size": 32, "layers": 2, "heads": 2, "kv_heads": 1,
+                   "intermediate_size": 64, "max_position_embeddings": 1024, "tokenizer_corpus_rows": 2000},
+    "sft.max_train_examples": 400, "sft.max_eval_examples": 48, "sft.epochs": 2, "sft.learning_rate": 0.01,
+    "sft.batch_size": 16, "sft.logging_steps": 5,
+    "dpo.max_train_examples": 192, "dpo.max_eval_examples": 64, "dpo.epochs": 2, "dpo.learning_rate": 0.003,
+    "dpo.batch_size": 16, "dpo.logging_steps": 5,
+    "tracking.system_metrics_seconds": 1,
+    "evaluate.max_users": 60, "generate.beam_width": 20, "evaluate.baselines.sasrec.epochs": 5,
+}
+
+
+@pytest.fixture(scope="session")
+def prepared_data(tmp_path_factory, tiny_world) -> Path:
+    """The tiny world validated, with S-IDs and prompts built once: the inputs of every model step."""
+    from leadre.data.validate import run_validate
+    from leadre.prompts.build import run_build_prompts
+    from leadre.sids.build import run_build_sids
+
+    params = write_params(tmp_path_factory.mktemp("prepared"), FAST_TRAINING)
+    shutil.copytree(tiny_world, params.path(params.data.generated_dir))
+    run_validate(params)
+    run_build_sids(params)
+    run_build_prompts(params)
+    return params.root
+
+
+def prepared_workspace(root: Path, prepared: Path, overrides: dict | None = None) -> Params:
+    """Params rooted in `root` with a copy of the prepared data (validated tables, S-IDs, prompts)."""
+    params = write_params(root, {**FAST_TRAINING, **(overrides or {})})
+    for folder in ("data", "artifacts"):
+        shutil.copytree(prepared / folder, root / folder, dirs_exist_ok=True)
+    return params
+
+
+RETRAIN = "test-retrain"
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, prepared_data) -> tuple[Params, dict, dict]:
+    """SFT then DPO on the prepared tiny world, once per session, under one retrain id (one MLflow parent run)."""
+    import os
+
+    from leadre.tracking import RETRAIN_ENV
+    from leadre.train.dpo import run_dpo
+    from leadre.train.sft import run_sft
+
+    params = prepared_workspace(tmp_path_factory.mktemp("trained"), prepared_data)
+    previous = os.environ.get(RETRAIN_ENV)
+    os.environ[RETRAIN_ENV] = RETRAIN
+    try:
+        sft, dpo = run_sft(params), run_dpo(params)
+    finally:
+        os.environ.pop(RETRAIN_ENV)
+        if previous is not None:
+            os.environ[RETRAIN_ENV] = previous
+    return params, sft, dpo
