@@ -1,0 +1,132 @@
+"""What SFT and DPO share: trainer arguments from params, LoRA, checkpoints, and the saved model bundle."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from leadre.config import LoraParams, ModelParams, Params, _TrainerParams
+from leadre.io import atomic_dir, write_json
+from leadre.train.model import BUILTIN_TINY
+
+log = logging.getLogger(__name__)
+
+BUNDLE_META = "leadre_model.json"
+BUNDLE_SIDS = "sids"
+# What a served model needs besides weights and tokenizer: the S-ID table, the live-ad trie and the codebooks
+# (new ads get S-IDs from the same codebooks), so a registered model is self-contained.
+SID_FILES = ("ad_sids.parquet", "trie.json", "codebooks.npz", "quantizer.json")
+
+
+def lora_enabled(lora: LoraParams, model: ModelParams) -> bool:
+    """`auto`: LoRA for hub models (billions of frozen weights), full fine-tuning for the tiny default."""
+    return (model.base_model != BUILTIN_TINY) if lora.enabled == "auto" else bool(lora.enabled)
+
+
+def lora_config(lora: LoraParams, new_token_ids: list[int], tied_embeddings: bool):
+    """PEFT LoRA on the linear layers; the S-ID token rows of the embeddings train too (they start untrained).
+
+    Untied models train just those rows (`trainable_token_indices`). Tied ones (Qwen2.5 0.5B/1.5B) train the whole
+    embedding and head instead: peft's wrapper for a tied head lacks the `bias` TRL's fused loss reads (peft 0.21,
+    TRL 1.16).
+    """
+    from peft import LoraConfig
+
+    extra = ({"modules_to_save": ["embed_tokens", "lm_head"]} if tied_embeddings
+             else {"trainable_token_indices": {"embed_tokens": new_token_ids}})
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
+                      task_type="CAUSAL_LM", **extra)
+
+
+def tied(model) -> bool:
+    return bool(getattr(model.config.get_text_config(), "tie_word_embeddings", False))
+
+
+def score_only_supervised_positions() -> None:
+    """Make TRL's fused loss project only the positions that carry a label, on every device.
+
+    TRL 1.16 does that only where Triton runs (CUDA/XPU); elsewhere it pushes every position of the batch through its
+    chunked LM-head kernel (the switch exists for Neuron, which recompiles per tensor shape). With the loss on the
+    response, ~3% of positions carry a label, so on CPU the full pass tripled the step time for the same loss
+    (measured: 9.7 s → 3.3 s for 10 steps, identical train_loss). The function is private to TRL, which is pinned.
+    """
+    import trl.trainer.utils as trl_utils
+
+    if hasattr(trl_utils, "_use_triton"):
+        trl_utils._use_triton = lambda device: True
+
+
+def precision() -> dict[str, bool]:
+    """bf16 where the GPU supports it; full precision on CPU (TRL's bf16 default fails there)."""
+    import torch
+
+    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return {"bf16": bf16, "fp16": False}
+
+
+def trainer_arguments(cfg: _TrainerParams, has_eval: bool) -> dict[str, Any]:
+    """Keyword arguments shared by SFTConfig and DPOConfig (both extend transformers' TrainingArguments)."""
+    every = cfg.checkpoint_every_steps
+    strategy = "steps" if every else "epoch"
+    return dict(
+        output_dir=str(cfg.checkpoint_dir), num_train_epochs=cfg.epochs, learning_rate=cfg.learning_rate,
+        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps, warmup_steps=cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay, max_length=cfg.max_length, gradient_checkpointing=cfg.gradient_checkpointing,
+        logging_steps=cfg.logging_steps, seed=cfg.seed, data_seed=cfg.seed,
+        save_strategy=strategy, save_steps=every or None, save_total_limit=2,
+        eval_strategy=strategy if has_eval else "no", eval_steps=every or None,
+        load_best_model_at_end=has_eval, metric_for_best_model="eval_loss", greater_is_better=False,
+        report_to=["mlflow"], dataloader_num_workers=0, include_num_input_tokens_seen="non_padding",
+        **precision())
+
+
+def last_checkpoint(folder: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+
+
+def prepare_checkpoints(folder: Path, resume: bool) -> str | None:
+    """The checkpoint to resume from, or None; a fresh run starts from an empty folder so no stale state leaks in."""
+    if resume:
+        found = last_checkpoint(folder)
+        if found is None:
+            log.warning("--resume: no checkpoint in %s, starting from the beginning", folder)
+        else:
+            log.info("resuming from %s", found)
+        return found
+    shutil.rmtree(folder, ignore_errors=True)
+    return None
+
+
+def new_token_ids(tokenizer, sid_tokens: list[str]) -> list[int]:
+    return tokenizer.convert_tokens_to_ids(sid_tokens)
+
+
+def save_bundle(params: Params, model, tokenizer, target: Path, meta: dict[str, Any]) -> None:
+    """Write the model folder atomically: weights, tokenizer, the S-ID files and a small JSON of provenance."""
+    sids_dir = params.path(params.sids.out_dir)
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / BUNDLE_SIDS).mkdir()
+        for name in SID_FILES:
+            if (sids_dir / name).exists():
+                shutil.copy2(sids_dir / name, tmp / BUNDLE_SIDS / name)
+        write_json(tmp / BUNDLE_META, meta)
+
+
+def log_metrics_file(path: Path, metrics: dict[str, float]) -> None:
+    """The DVC metrics file of a step (`dvc metrics show/diff`): plain numbers, rounded for readable diffs."""
+    write_json(path, {k: round(float(v), 6) for k, v in sorted(metrics.items())})
+
+
+def log_bundle(params: Params, folder: Path) -> None:
+    """Log the model folder to the active run (the registry's pyfunc flavour wraps it in the registry step)."""
+    import mlflow
+
+    if params.tracking.log_models:
+        mlflow.log_artifacts(str(folder), artifact_path="model")

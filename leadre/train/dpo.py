@@ -1,0 +1,75 @@
+"""`leadre dpo`: direct preference optimisation from the SFT model towards ads of higher business value.
+
+Each pair's chosen ad is one the user engaged with; the rejected ad a live ad of lower eCPM (mostly from the same
+intent, so the model learns value among relevant ads rather than relevance alone). The SFT model is the starting
+point and the reference: with LoRA the reference is the adapter switched off (no second copy in memory), without it
+TRL keeps a frozen copy.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from leadre.config import Params
+from leadre.sids.build import sid_vocabulary
+from leadre.train import common
+from leadre.train.data import DPO_COLUMNS, load_split
+from leadre.train.model import load_trained, parameter_count, set_cpu_threads
+from leadre.train.scoring import preference_accuracy
+
+log = logging.getLogger(__name__)
+
+
+def run_dpo(params: Params, resume: bool = False) -> dict[str, Any]:
+    from trl import DPOConfig, DPOTrainer
+
+    from leadre.tracking import step_run
+
+    common.score_only_supervised_positions()
+    set_cpu_threads(params.model.cpu_threads)
+    cfg = params.dpo
+    checkpoints = params.path(cfg.checkpoint_dir)
+    resume_from = common.prepare_checkpoints(checkpoints, resume)
+    sft_dir = params.path(params.sft.out_dir)
+    model, tokenizer = load_trained(sft_dir)
+    train = load_split(params, "dpo", "train", DPO_COLUMNS, cfg.max_train_examples, cfg.seed)
+    valid = load_split(params, "dpo", "valid", DPO_COLUMNS, cfg.max_eval_examples, cfg.seed)
+    use_lora = common.lora_enabled(cfg.lora, params.model)
+    sid_ids = common.new_token_ids(tokenizer, sid_vocabulary(params.sids))
+    args = DPOConfig(**common.trainer_arguments(cfg, has_eval=len(valid) > 0), beta=cfg.beta,
+                     loss_type=[cfg.loss_type], run_name="dpo")
+    inputs = {"prompts": params.path(params.prompts.out_dir), "sft_model": sft_dir}
+    with step_run(params, "dpo", inputs) as run:
+        import mlflow
+
+        mlflow.log_params({"leadre.lora": use_lora, "leadre.train_rows": len(train), "leadre.eval_rows": len(valid),
+                           "leadre.parameters": parameter_count(model)})
+        # the SFT model's preference accuracy, before DPO changes the weights, is the figure DPO has to beat
+        before = preference_accuracy(model, tokenizer, valid, cfg.batch_size) if len(valid) else {}
+        trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=train,
+                             eval_dataset=valid if len(valid) else None, processing_class=tokenizer,
+                             peft_config=common.lora_config(cfg.lora, sid_ids, common.tied(model)) if use_lora else None)
+        started = time.perf_counter()
+        result = trainer.train(resume_from_checkpoint=resume_from)
+        seconds = time.perf_counter() - started
+        final = trainer.model.merge_and_unload() if use_lora else trainer.model
+        metrics: dict[str, float] = {"train_loss": result.training_loss, "train_seconds": seconds,
+                                     "train_tokens_per_second": trainer.state.num_input_tokens_seen / seconds,
+                                     "global_step": trainer.state.global_step}
+        if len(valid):
+            evaluation = trainer.evaluate()
+            metrics.update({key.removeprefix("eval_").replace("/", "_"): value for key, value in evaluation.items()
+                            if key.startswith("eval_rewards/") or key == "eval_loss"})
+            after = preference_accuracy(final, tokenizer, valid, cfg.batch_size)
+            metrics.update({f"sft_{k}": v for k, v in before.items()})
+            metrics.update({f"dpo_{k}": v for k, v in after.items()})
+        target = params.path(cfg.out_dir)
+        common.save_bundle(params, final, tokenizer, target, {
+            "step": "dpo", "base_model": params.model.base_model, "run_id": run.info.run_id, "lora_merged": use_lora,
+            "beta": cfg.beta, "loss_type": cfg.loss_type, "metrics": metrics})
+        mlflow.log_metrics({f"final.{k}": v for k, v in metrics.items()})
+        common.log_bundle(params, target)
+        common.log_metrics_file(params.path(cfg.metrics_file), metrics)
+    return metrics

@@ -1,0 +1,90 @@
+"""`leadre sft`: supervised fine-tuning on the main task + auxiliary alignment tasks with TRL's SFTTrainer.
+
+Prompt-completion rows, so the loss is on the response (the S-ID, or the ad text of the sid_to_text task) only.
+Evaluation and checkpoints per epoch (or every N steps), the best checkpoint by validation loss kept, early
+stopping, and `--resume` from the last checkpoint after an interruption. Runs unchanged under
+`accelerate launch` / `torchrun` (the trainer reads the distributed environment).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+from leadre.config import Params
+from leadre.sids.build import sid_vocabulary
+from leadre.train import common
+from leadre.train.data import SFT_COLUMNS, corpus, load_split
+from leadre.train.model import (
+    BUILTIN_TINY,
+    check_causal_lm,
+    load_model,
+    parameter_count,
+    set_cpu_threads,
+)
+from leadre.train.scoring import unigram_loss
+
+log = logging.getLogger(__name__)
+
+
+def run_sft(params: Params, resume: bool = False) -> dict[str, Any]:
+    from transformers import EarlyStoppingCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from leadre.tracking import step_run
+
+    common.score_only_supervised_positions()
+    set_cpu_threads(params.model.cpu_threads)
+    cfg = params.sft
+    if params.model.base_model != BUILTIN_TINY:
+        check_causal_lm(params.model.base_model)  # before any data is read: a wrong path fails at once
+    checkpoints = params.path(cfg.checkpoint_dir)
+    resume_from = common.prepare_checkpoints(checkpoints, resume)
+    train = load_split(params, "sft", "train", [*SFT_COLUMNS, "task"], cfg.max_train_examples, cfg.seed)
+    valid = load_split(params, "sft", "valid", SFT_COLUMNS, cfg.max_eval_examples, cfg.seed)
+    sid_tokens = sid_vocabulary(params.sids)
+    model, tokenizer = load_model(params.model, corpus(train, params.model.tiny.tokenizer_corpus_rows), sid_tokens,
+                                  cfg.seed, tokenizer_folder=resume_from)
+    # the baseline the validation loss must beat: main-task responses' token frequencies, prompt ignored
+    baseline = unigram_loss(tokenizer, train.filter(lambda row: row["task"] == "main"), valid) if len(valid) else None
+    train = train.remove_columns("task")
+    use_lora = common.lora_enabled(cfg.lora, params.model)
+    peft = common.lora_config(cfg.lora, common.new_token_ids(tokenizer, sid_tokens), common.tied(model))
+    args = SFTConfig(**common.trainer_arguments(cfg, has_eval=len(valid) > 0), run_name="sft",
+                     completion_only_loss=cfg.completion_only_loss)
+    args.output_dir = str(checkpoints)
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=train, eval_dataset=valid if len(valid) else None,
+        processing_class=tokenizer,
+        peft_config=peft if use_lora else None,
+        callbacks=[EarlyStoppingCallback(cfg.early_stopping_patience)] if cfg.early_stopping_patience else None)
+    inputs = {"prompts": params.path(params.prompts.out_dir), "sids": params.path(params.sids.out_dir)}
+    with step_run(params, "sft", inputs) as run:
+        import mlflow
+
+        mlflow.log_params({"leadre.base_model": params.model.base_model, "leadre.lora": use_lora,
+                           "leadre.train_rows": len(train), "leadre.eval_rows": len(valid),
+                           "leadre.parameters": parameter_count(model)})
+        started = time.perf_counter()
+        result = trainer.train(resume_from_checkpoint=resume_from)
+        seconds = time.perf_counter() - started
+        metrics = {"train_loss": result.training_loss, "train_seconds": seconds,
+                   "train_tokens_per_second": trainer.state.num_input_tokens_seen / seconds
+                   if trainer.state.num_input_tokens_seen else 0.0,
+                   "epochs": trainer.state.epoch or 0.0, "global_step": trainer.state.global_step}
+        if len(valid):
+            evaluation = trainer.evaluate()
+            metrics["eval_loss"] = evaluation["eval_loss"]
+            metrics["eval_perplexity"] = math.exp(min(evaluation["eval_loss"], 50))
+            metrics["eval_unigram_baseline_loss"] = baseline
+        final = trainer.model.merge_and_unload() if use_lora else trainer.model
+        target = params.path(cfg.out_dir)
+        common.save_bundle(params, final, tokenizer, target, {
+            "step": "sft", "base_model": params.model.base_model, "run_id": run.info.run_id, "lora_merged": use_lora,
+            "sid_tokens": len(sid_tokens), "metrics": metrics})
+        mlflow.log_metrics({f"final.{k}": v for k, v in metrics.items()})
+        common.log_bundle(params, target)
+        common.log_metrics_file(params.path(cfg.metrics_file), metrics)
+    return metrics

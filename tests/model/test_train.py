@@ -1,0 +1,172 @@
+"""SFT and DPO on the tiny world with a very small model: they learn, they resume, and MLflow records every run.
+
+The data steps and one SFT + DPO retrain run once for the session (`trained` in conftest: the slow part); the tests
+read what they wrote. Resume and the model factory's error paths use their own small runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from leadre.sids import sid_tokens, sid_vocabulary
+from leadre.tracking import RETRAIN_TAG, dvc_md5, tracking_uri
+from leadre.train.model import (
+    ModelError,
+    check_causal_lm,
+    load_pretrained,
+    load_trained,
+)
+from tests.conftest import RETRAIN, prepared_workspace, write_params
+
+
+def test_sft_learns_below_the_unigram_baseline(trained):
+    params, sft, _ = trained
+    assert sft["eval_loss"] < 0.85 * sft["eval_unigram_baseline_loss"], sft
+    saved = json.loads((params.path(params.sft.metrics_file)).read_text())
+    assert saved["eval_loss"] == pytest.approx(sft["eval_loss"], rel=1e-5)
+
+
+def test_saved_model_has_every_sid_token_as_one_token(trained):
+    params, _, _ = trained
+    model, tokenizer = load_trained(params.path(params.sft.out_dir))
+    vocab = sid_vocabulary(params.sids)
+    ids = tokenizer.convert_tokens_to_ids(vocab)
+    assert len(set(ids)) == len(vocab) and tokenizer.unk_token_id not in ids
+    sid = "".join(vocab[i] for i in (0, 64, 128, 192, 256))  # one token per level
+    assert tokenizer(sid, add_special_tokens=False)["input_ids"] == tokenizer.convert_tokens_to_ids(sid_tokens(sid))
+    assert model.get_input_embeddings().weight.shape[0] >= len(tokenizer)
+    folder = params.path(params.sft.out_dir)
+    assert (folder / "sids" / "trie.json").exists() and (folder / "sids" / "ad_sids.parquet").exists()
+
+
+def test_dpo_prefers_chosen_ads_more_often_than_the_sft_model(trained):
+    _, _, dpo = trained
+    # held-out pairs (dpo/valid): the chosen ad is engaged with and of higher eCPM than the rejected one
+    assert dpo["dpo_preference_accuracy"] > dpo["sft_preference_accuracy"], dpo
+    assert dpo["dpo_logp_margin"] > dpo["sft_logp_margin"]
+    assert "rewards_margins" in dpo and "rewards_accuracies" in dpo
+
+
+def test_mlflow_has_one_parent_run_with_sft_and_dpo_nested(trained):
+    from mlflow.tracking import MlflowClient
+
+    import mlflow
+
+    params, _, _ = trained
+    mlflow.set_tracking_uri(tracking_uri(params))
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(params.tracking.experiment)
+    assert Path(experiment.artifact_location.removeprefix("file://")).is_relative_to(params.root.resolve())
+    runs = client.search_runs([experiment.experiment_id], f"tags.`{RETRAIN_TAG}` = '{RETRAIN}'")
+    by_step = {run.data.tags["leadre.step"]: run for run in runs}
+    assert set(by_step) == {"retrain", "sft", "dpo"}
+    parent = by_step["retrain"].info.run_id
+    for step in ("sft", "dpo"):
+        run = by_step[step]
+        assert run.data.tags["mlflow.parentRunId"] == parent
+        assert run.data.tags.get("mlflow.source.git.commit")
+        assert run.data.params["learning_rate"] == str(getattr(params, step).learning_rate)
+        assert client.get_metric_history(run.info.run_id, "loss"), "no step metrics logged"
+        assert any(key.startswith("system/") for key in run.data.metrics), "no system metrics logged"
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
+        assert {"model/config.json", "model/sids"} <= artifacts
+    prompts = params.path(params.prompts.out_dir)
+    assert by_step["sft"].data.tags["data.prompts.md5"] == dvc_md5(prompts)
+    assert by_step["dpo"].data.tags["data.sft_model.md5"] == dvc_md5(params.path(params.sft.out_dir))
+    assert by_step["dpo"].data.metrics["final.dpo_preference_accuracy"] > 0
+
+
+def test_resume_after_a_kill_mid_epoch_continues_from_the_checkpoint(tmp_path, prepared_data):
+    params = prepared_workspace(tmp_path, prepared_data, {"sft.checkpoint_every_steps": 3, "sft.epochs": 1,
+                                                        "sft.max_train_examples": 240, "sft.batch_size": 4,
+                                                        "sft.early_stopping_patience": 0})
+    total_steps = 240 // 4
+    command = [sys.executable, "-m", "leadre.cli", "--params", str(params.root / "params.yaml"), "sft"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = params.path(params.sft.checkpoint_dir) / "checkpoint-6" / "trainer_state.json"
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # let the trainer finish writing the checkpoint it has started
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert checkpoint.exists() and not params.path(params.sft.out_dir).exists(), "killed too late to test resume"
+
+    resumed = subprocess.run(command + ["--resume"], env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stderr and "checkpoint-" in resumed.stderr
+    state = json.loads((params.path(params.sft.checkpoint_dir) / f"checkpoint-{total_steps}" /
+                        "trainer_state.json").read_text())
+    assert state["global_step"] == total_steps
+    logged = [entry["step"] for entry in state["log_history"] if "loss" in entry]
+    assert logged == sorted(logged) and logged[-1] <= total_steps
+    assert (params.path(params.sft.out_dir) / "config.json").exists()
+
+
+def test_a_hub_style_model_folder_gets_sid_tokens_and_lora(tmp_path, prepared_data):
+    """Any causal-LM folder works as base_model: here a small Qwen2 written with save_pretrained."""
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    from leadre.train.model import train_tokenizer
+    from leadre.train.sft import run_sft
+
+    folder = tmp_path / "my-qwen"
+    tokenizer = train_tokenizer(["a small corpus of ad words for a test tokenizer"] * 50, 300)
+    model = AutoModelForCausalLM.from_config(Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, intermediate_size=64, tie_word_embeddings=True))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+    params = prepared_workspace(tmp_path / "ws", prepared_data, {"model.base_model": str(folder),
+                                                             "sft.max_train_examples": 32, "sft.epochs": 1})
+    vocab = sid_vocabulary(params.sids)
+    loaded, loaded_tokenizer = load_pretrained(str(folder), vocab)
+    old = model.get_input_embeddings().weight
+    new = loaded.get_input_embeddings().weight
+    assert new.shape[0] == len(tokenizer) + len(vocab) == len(loaded_tokenizer)
+    # new rows start near the mean of the old ones, not as noise of arbitrary scale
+    assert torch.allclose(new[len(tokenizer):].mean(0), old.mean(0), atol=0.05)
+
+    metrics = run_sft(params)
+    meta = json.loads((params.path(params.sft.out_dir) / "leadre_model.json").read_text())
+    assert meta["lora_merged"] is True and meta["base_model"] == str(folder)
+    merged, _ = load_trained(params.path(params.sft.out_dir))
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+    assert metrics["global_step"] > 0
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda root: root / "nowhere", "no config.json"),
+    (lambda root: _encoder_folder(root), "no causal-LM head"),
+])
+def test_base_model_errors_are_clear(tmp_path, make, message):
+    with pytest.raises(ModelError, match=message):
+        check_causal_lm(str(make(tmp_path)))
+
+
+def test_cli_reports_a_missing_base_model_without_a_traceback(tmp_path):
+    params = write_params(tmp_path, {"model.base_model": str(tmp_path / "missing-model")})
+    result = subprocess.run([sys.executable, "-m", "leadre.cli", "--params", str(params.root / "params.yaml"), "sft"],
+                            capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert result.returncode == 1
+    assert "missing-model" in result.stderr and "Traceback" not in result.stderr
+
+
+def _encoder_folder(root: Path) -> Path:
+    from transformers import DistilBertConfig
+
+    folder = root / "distilbert"  # an encoder: transformers has no causal-LM head for it
+    DistilBertConfig(vocab_size=50, dim=16, n_layers=1, n_heads=2, hidden_dim=32).save_pretrained(folder)
+    return folder
+
