@@ -122,10 +122,19 @@ def _sft_table(task: str, prompts: pa.Array, answers: pa.Array, **columns) -> pa
                      **{k: v for k, v in columns.items()}})
 
 
-def run_build_prompts(params: Params) -> dict:
-    started = time.perf_counter()
+@dataclass
+class PromptSources:
+    """Everything rendering reads: the validated tables, ads' S-IDs, the event log and the text catalogue."""
+
+    tables: dict[str, pd.DataFrame]
+    ad_sid: np.ndarray  # per ads row
+    event_log: EventLog
+    texts_title: pd.Series
+    catalogue: Catalogue
+
+
+def load_sources(params: Params) -> PromptSources:
     settings = params.prompts
-    rng = np.random.default_rng(settings.seed)  # pair selection; each chunk has its own stream
     tables = read_tables(params.path(params.data.validated_dir))
     sid_table = load_sid_table(params.path(params.sids.out_dir))
     ads = tables["ads"]
@@ -145,6 +154,28 @@ def run_build_prompts(params: Params) -> dict:
     texts_sid = np.concatenate([ad_sid, texts_title.to_numpy()[len(ads):]])
     catalogue = Catalogue.build(tables["users"], texts_sid.tolist(), texts_title.tolist(), event_log_.actions,
                                 event_log_.categories, counter, settings.long_term_days)
+    return PromptSources(tables, ad_sid, event_log_, texts_title, catalogue)
+
+
+def serving_prompts(params: Params, sources: PromptSources, user_ids: np.ndarray,
+                    cutoff: pd.Timestamp) -> list[list[dict[str, str]]]:
+    """Fresh main-task prompts for `user_ids` at `cutoff` (the near-line service's "now"), as chat messages."""
+    rows = pd.Index(sources.tables["users"]["user_id"]).get_indexer(user_ids)
+    if (rows < 0).any():
+        raise ValueError(f"unknown user ids, e.g. {user_ids[rows < 0][:5].tolist()}")
+    cutoff_ms = int(pd.Timestamp(cutoff).value // 1_000_000)
+    shown = render(sources.event_log, sources.catalogue, rows.astype(np.int64), np.full(len(rows), cutoff_ms),
+                   params.prompts)
+    return [[{"role": "user", "content": text}] for text in shown.user_message.to_pylist()]
+
+
+def run_build_prompts(params: Params) -> dict:
+    started = time.perf_counter()
+    settings = params.prompts
+    rng = np.random.default_rng(settings.seed)  # pair selection; each chunk has its own stream
+    sources = load_sources(params)
+    tables, ad_sid, event_log_, catalogue = sources.tables, sources.ad_sid, sources.event_log, sources.catalogue
+    ads = tables["ads"]
     snapshot_ms = int(pd.Timestamp(params.data.snapshot_time).value // 1_000_000)
     ad_intent = ads["industry"].cat.codes.to_numpy()
     intents = ads["industry"].cat.categories.astype(str).to_numpy()

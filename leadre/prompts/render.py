@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from leadre.config import PromptParams
+from leadre.data.contracts import ACTIONS_BY_DOMAIN
 from leadre.prompts.pairs import MS_PER_DAY, EventLog, _expand
 from leadre.prompts.tokens import TokenCounter
 
@@ -61,6 +62,7 @@ class Catalogue:
     profile_tokens: np.ndarray
     number_tokens: np.ndarray  # tokens of str(n) for the counts in the long-term facet
     fixed_tokens: int  # the template: labels, line breaks, the instruction
+    is_content_action: np.ndarray  # per action code: a content-domain action (what the content ablation drops)
 
     @classmethod
     def build(cls, users: pd.DataFrame, objects_sid: list[str], objects_title: list[str], actions: np.ndarray,
@@ -74,7 +76,7 @@ class Catalogue:
         # A profile's tokens: its labels and separators once, plus each field's value (few distinct values).
         template = "; ".join(f"{name}: " for name in PROFILE_FIELDS)
         profile_tokens = int(counter.count([template])[0]) + sum(counter.count(c.tolist()) for c in profile_columns)
-        fixed = "\n".join([f"Profile: ", f"Long-term interests (last {long_term_days} days): ",
+        fixed = "\n".join(["Profile: ", f"Long-term interests (last {long_term_days} days): ",
                            "Recent behaviour, oldest first: ", INSTRUCTION])
         return cls(
             object_as_sid=pa.array(objects_sid, pa.string()), object_as_title=pa.array(objects_title, pa.string()),
@@ -85,6 +87,7 @@ class Catalogue:
             profile_tokens=np.asarray(profile_tokens, dtype=np.int32),
             number_tokens=counter.count([str(n) for n in range(10_000)]),
             fixed_tokens=int(counter.count([fixed])[0]),
+            is_content_action=np.isin(actions.astype(str), ACTIONS_BY_DOMAIN["content"]),
         )
 
 
@@ -110,7 +113,13 @@ def render(log: EventLog, catalogue: Catalogue, users: np.ndarray, cutoffs: np.n
     first = log.user_start[users]
 
     # Long-term interest: the most frequent categories in the window, as category:count.
+    features = params.features
     lt_owner, lt_event = _expand(log.position(users, cutoffs - params.long_term_days * MS_PER_DAY), end)
+    if not features.content:  # ablation: the content domain (videos, articles) leaves the prompt entirely
+        kept = ~catalogue.is_content_action[log.action[lt_event]]
+        lt_owner, lt_event = lt_owner[kept], lt_event[kept]
+    if not features.long_term:
+        lt_owner, lt_event = lt_owner[:0], lt_event[:0]
     n_categories = len(catalogue.categories)
     counts = np.bincount(lt_owner * n_categories + log.category[lt_event], minlength=n * n_categories)
     counts = counts.reshape(n, n_categories)
@@ -126,9 +135,14 @@ def render(log: EventLog, catalogue: Catalogue, users: np.ndarray, cutoffs: np.n
                                    + catalogue.number_tokens[top_n] + 2, minlength=n)  # ":" and ","
 
     # Short-term interest: the newest events that fit the token budget.
-    budget = (params.max_prompt_tokens - catalogue.fixed_tokens - catalogue.profile_tokens[users]
-              - long_term_tokens)
+    budget = (params.max_prompt_tokens - catalogue.fixed_tokens - long_term_tokens
+              - (catalogue.profile_tokens[users] if features.profile else 0))
     st_owner, st_event = _expand(np.maximum(first, end - params.short_term_events), end)
+    if not features.content:
+        kept = ~catalogue.is_content_action[log.action[st_event]]
+        st_owner, st_event = st_owner[kept], st_event[kept]
+    if not features.short_term:
+        st_owner, st_event = st_owner[:0], st_event[:0]
     ago = ago_codes(cutoffs[st_owner] - log.ts[st_event])
     object_tokens = catalogue.object_tokens_sid if ads_as == "sid" else catalogue.object_tokens_title
     cost = (catalogue.ago_tokens[ago] + catalogue.action_tokens[log.action[st_event]]
@@ -144,11 +158,18 @@ def render(log: EventLog, catalogue: Catalogue, users: np.ndarray, cutoffs: np.n
                                          objects.take(pa.array(log.obj[st_event])), FIELD_SEPARATOR)
     short_term = _join_groups(events, st_owner, n, EVENT_SEPARATOR)
 
-    message = pc.binary_join_element_wise(
-        pa.scalar("Profile: "), catalogue.profiles.take(pa.array(users)),
-        pa.scalar(f"\nLong-term interests (last {params.long_term_days} days): "), long_term,
-        pa.scalar("\nRecent behaviour, oldest first: "), short_term, pa.scalar("\n" + INSTRUCTION), "")
-    tokens = (catalogue.fixed_tokens + catalogue.profile_tokens[users] + long_term_tokens
+    # Sections an ablation switches off are left out, headers included, so the model sees no trace of them.
+    sections = []
+    if features.profile:
+        sections += [pa.scalar("Profile: "), catalogue.profiles.take(pa.array(users)), pa.scalar("\n")]
+    if features.long_term:
+        sections += [pa.scalar(f"Long-term interests (last {params.long_term_days} days): "), long_term,
+                     pa.scalar("\n")]
+    if features.short_term:
+        sections += [pa.scalar("Recent behaviour, oldest first: "), short_term, pa.scalar("\n")]
+    message = pc.binary_join_element_wise(*sections, pa.scalar(INSTRUCTION), "")
+    profile_tokens = catalogue.profile_tokens[users] if features.profile else 0
+    tokens = (catalogue.fixed_tokens + profile_tokens + long_term_tokens
               + np.bincount(st_owner, weights=cost, minlength=n)).astype(np.int32)
     last_ts = np.full(n, -1, dtype=np.int64)
     np.maximum.at(last_ts, st_owner, log.ts[st_event])

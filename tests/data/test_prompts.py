@@ -97,7 +97,9 @@ def _write_sids(params: Params, sids: dict[int, str]) -> None:
 
 @pytest.fixture
 def micro(tmp_path) -> Params:
-    params = write_params(tmp_path, {"prompts.aux_ratio": {"ad_to_sid": 0.5, "sid_to_text": 0.5, "titles_prompt": 1.0}})
+    # a token bound wide enough for every micro event: these tests are about what a prompt says, not its cut
+    params = write_params(tmp_path, {"prompts.aux_ratio": {"ad_to_sid": 0.5, "sid_to_text": 0.5, "titles_prompt": 1.0},
+                                     "prompts.max_prompt_tokens": 384})
     write_tables(micro_world(), params.path(params.data.generated_dir), {"source": "test"})
     run_validate(params)  # the micro world is itself valid data
     _write_sids(params, MICRO_SIDS)
@@ -117,6 +119,24 @@ def test_golden_prompt_of_one_user(micro):
     assert user1["intent"].astype(str).tolist() == ["ecommerce/electronics", "finance/credit_card"]
     assert [c[0]["content"] for c in user1["completion"]] == [MICRO_SIDS[1000000001], MICRO_SIDS[1000000004]]
     assert [m["role"] for m in user1["prompt"].iloc[0]] == ["user"]
+
+
+def test_feature_ablations_drop_exactly_their_facet(tmp_path):
+    """The paper's ablation: a switched-off facet leaves the prompt, headers and all; the rest stays as it was."""
+    params = write_params(tmp_path, {"prompts.features": {"profile": False, "long_term": True, "short_term": True,
+                                                          "content": False}, "prompts.max_prompt_tokens": 384})
+    write_tables(micro_world(), params.path(params.data.generated_dir), {"source": "test"})
+    run_validate(params)
+    _write_sids(params, MICRO_SIDS)
+    run_build_prompts(params)
+    test = _sft(params, "test")
+    prompt = test[test["user_id"] == 1]["prompt"].iloc[0][0]["content"]
+    assert prompt == (
+        "Long-term interests (last 30 days): ecommerce/electronics:4, finance/credit_card:2\n"
+        "Recent behaviour, oldest first: 22d'search'best wireless earbuds, 21d'click_ad'<a_1><b_2><c_3><d_0>, "
+        "14d'click_ad'<a_1><b_2><c_5><d_0>, 14d'convert_ad'<a_1><b_2><c_5><d_0>, 4d'search'cashback card, "
+        "3d'click_ad'<a_4><b_0><c_1><d_0>\n"
+        "Which ad will this user engage with next? Answer with the ad's semantic ID.")
 
 
 def test_splits_follow_time(micro):

@@ -1,0 +1,185 @@
+"""`leadre evaluate`: the candidate model, the champion and the ID-based baselines on one split, side by side.
+
+Protocol (full ranking, as RecBole's): one ranking per user at the split's cut-off; relevant = every ad the user
+engaged with in the split's window (all intents); candidates = the live ads, for every method; ads the user already
+engaged with before the cut-off are excluded from every ranking (`evaluate.exclude_engaged`). Baselines learn from
+ad engagements strictly before the cut-off, so no method sees the answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from leadre.config import Params
+from leadre.data.tables import read_tables
+from leadre.evaluate import metrics as m
+from leadre.evaluate.baselines import (
+    ItemKNN,
+    ItemKNNParams,
+    Popularity,
+    PopularityParams,
+    SASRec,
+    SASRecParams,
+    ad_engagements,
+    engaged_ads,
+)
+from leadre.io import write_json
+from leadre.sids.build import load_sid_table
+from leadre.train.model import set_cpu_threads
+
+log = logging.getLogger(__name__)
+
+CANDIDATE = "candidate"
+TRADEOFF_K = 10  # the list length the relevance/value trade-off is measured at (NDCG@10, eCPM of the top 10)
+
+
+@dataclass
+class EvalSet:
+    """One split's users with their prompt, relevant ads and exclusions, plus what the metrics look ads up in."""
+
+    user_ids: np.ndarray
+    prompts: list[list[dict]]
+    relevant: list[np.ndarray]
+    exclude: list[np.ndarray] | None
+    cutoff: pd.Timestamp
+    engagements: pd.DataFrame  # ad engagements before the cut-off: what baselines learn from
+    candidates: np.ndarray  # live ad ids
+    ads: pd.DataFrame  # indexed by ad_id: industry, ecpm, created_at
+
+
+def load_eval_set(params: Params) -> EvalSet:
+    ev = params.evaluate
+    folder = params.path(params.prompts.out_dir) / "sft" / ev.split
+    rows = pd.concat([pd.read_parquet(f, columns=["prompt", "task", "user_id", "cutoff", "all_target_ad_ids"])
+                      for f in sorted(folder.glob("*.parquet"))], ignore_index=True)
+    rows = rows[rows["task"] == "main"]
+    if rows.empty:
+        raise FileNotFoundError(f"{folder}: no main-task rows to evaluate (run `leadre prompts build` first)")
+    # one ranking per user: intent-aware pairs of one user share the prompt; their targets are pooled
+    by_user = rows.groupby("user_id", sort=True)
+    users = by_user["prompt"].first()
+    if ev.max_users and len(users) > ev.max_users:
+        users = users.sample(n=ev.max_users, random_state=ev.seed).sort_index()
+    relevant = by_user["all_target_ad_ids"].agg(lambda lists: np.unique(np.concatenate(list(lists))))
+    cutoff = pd.Timestamp(rows["cutoff"].iloc[0])
+    tables = read_tables(params.path(params.data.validated_dir), ("ads", "events"))
+    engagements = ad_engagements(tables["events"], before=cutoff)
+    user_ids = users.index.to_numpy(np.int64)
+    sid_table = load_sid_table(params.path(params.sids.out_dir))
+    return EvalSet(
+        user_ids=user_ids, prompts=[list(p) for p in users.tolist()],
+        relevant=[relevant[u].astype(np.int64) for u in user_ids],
+        exclude=engaged_ads(engagements, user_ids) if ev.exclude_engaged else None,
+        cutoff=cutoff, engagements=engagements,
+        candidates=sid_table.loc[sid_table["live"], "ad_id"].to_numpy(np.int64),
+        ads=tables["ads"].set_index("ad_id")[["industry", "ecpm", "created_at"]])
+
+
+def score_lists(params: Params, data: EvalSet, recommended: np.ndarray) -> dict[str, float]:
+    """Every metric of one method's lists: accuracy overall and by user/ad group, validity, coverage, value."""
+    ev = params.evaluate
+    ks = tuple(ev.ks)
+    rows = m.per_row_metrics(recommended, data.relevant, ks)
+    out = {name: float(value) for name, value in rows.mean().items()}
+    out["validity"] = m.validity(recommended, data.candidates)
+    out["coverage"] = m.coverage(recommended, len(data.candidates))
+    out["industry_diversity"] = m.industry_diversity(recommended, data.ads["industry"])
+    out["mean_ecpm"] = m.mean_ecpm(recommended, data.ads["ecpm"])
+    history = data.engagements.groupby("user_id").size().reindex(data.user_ids, fill_value=0).to_numpy()
+    cold = history <= ev.cold_user_max_engagements
+    new_after = data.cutoff - pd.Timedelta(days=ev.new_ad_days)
+    new_ads = set(data.ads.index[data.ads["created_at"] >= new_after].tolist())
+    groups = {"warm_users": ~cold, "cold_users": cold}
+    for group, mask in groups.items():
+        out[f"{group}.share"] = float(mask.mean())
+        if mask.any():
+            out[f"{group}.hr@10"] = float(rows.loc[mask, "hr@10"].mean())
+            out[f"{group}.ndcg@10"] = float(rows.loc[mask, "ndcg@10"].mean())
+    # old / new ads: the same lists scored against only the relevant ads of that kind, over users who have one
+    for group, keep in {"new_ads": True, "old_ads": False}.items():
+        relevant = [r[np.array([(a in new_ads) == keep for a in r], dtype=bool)] if len(r) else r
+                    for r in data.relevant]
+        has = np.array([len(r) > 0 for r in relevant])
+        out[f"{group}.users"] = float(has.sum())
+        if has.any():
+            sub = m.per_row_metrics(recommended[has], [r for r, h in zip(relevant, has) if h], ks)
+            out[f"{group}.hr@10"] = float(sub["hr@10"].mean())
+            out[f"{group}.ndcg@10"] = float(sub["ndcg@10"].mean())
+    return out
+
+
+def _baselines(params: Params):
+    b = params.evaluate.baselines
+    return [Popularity(PopularityParams(**b.popularity.model_dump())), ItemKNN(ItemKNNParams(**b.itemknn.model_dump())),
+            SASRec(SASRecParams(**b.sasrec.model_dump()))]
+
+
+def run_evaluate(params: Params) -> dict[str, Any]:
+    from leadre.generate.recommender import LlmRecommender, top_k
+    from leadre.registry.models import champion_bundle
+    from leadre.tracking import step_run
+
+    ev, gen = params.evaluate, params.generate
+    set_cpu_threads(params.model.cpu_threads)
+    data = load_eval_set(params)
+    k_max = max(ev.ks)
+    methods: dict[str, dict[str, float]] = {}
+    timings: dict[str, float] = {}
+    tradeoff: list[dict[str, float]] = []
+    bundles = {CANDIDATE: params.path(ev.candidate_dir)}
+    bundles.update({name: params.path(folder) for name, folder in ev.compare_dirs.items()})
+    inputs = {"prompts": params.path(params.prompts.out_dir), "candidate_model": bundles[CANDIDATE]}
+    with step_run(params, "evaluate", inputs) as run:
+        import mlflow
+
+        champion = champion_bundle(params)
+        if champion is not None:
+            bundles["champion"] = champion.folder
+            mlflow.set_tag("leadre.champion_version", champion.version)
+        for name, folder in bundles.items():
+            started = time.perf_counter()
+            recommender = LlmRecommender(folder, gen)
+            generated = recommender.generate(data.prompts)
+            timings[name] = time.perf_counter() - started
+            ids, _ = top_k(generated, k_max, data.exclude, data.ads["ecpm"], data.ads["industry"],
+                           gen.value_weight, gen.diversity_penalty)
+            methods[name] = score_lists(params, data, ids)
+            if name == CANDIDATE:  # the value/diversity trade-off reuses the same beams: no extra generation
+                for weight in ev.value_weights:
+                    for penalty in ev.diversity_penalties:
+                        # top-10 lists: re-ranking only changes which of the beams make the list when K < beams
+                        ids, _ = top_k(generated, TRADEOFF_K, data.exclude, data.ads["ecpm"], data.ads["industry"],
+                                       weight, penalty)
+                        point = score_lists(params, data, np.pad(ids, ((0, 0), (0, k_max - TRADEOFF_K)),
+                                                                 constant_values=m.PAD))
+                        tradeoff.append({"value_weight": weight, "diversity_penalty": penalty,
+                                         "ndcg@10": point["ndcg@10"], "mean_ecpm": point["mean_ecpm"],
+                                         "industry_diversity": point["industry_diversity"]})
+        for baseline in _baselines(params):
+            started = time.perf_counter()
+            baseline.fit(data.engagements)
+            ids = baseline.recommend(data.user_ids, k_max, data.candidates, data.exclude)
+            timings[baseline.name] = time.perf_counter() - started
+            methods[baseline.name] = score_lists(params, data, ids)
+
+        summary = {"split": ev.split, "users": int(len(data.user_ids)), "cutoff": str(data.cutoff),
+                   "champion_version": champion.version if champion else None, "methods": methods,
+                   "seconds": timings, "tradeoff": tradeoff}
+        from leadre.evaluate.report import write_reports
+
+        out_dir = params.path(ev.reports_dir)
+        write_reports(params, summary, out_dir)
+        write_json(params.path(ev.metrics_file), {name: {k: round(v, 6) for k, v in values.items()}
+                                                   for name, values in methods.items()})
+        for name, values in methods.items():
+            mlflow.log_metrics({f"{name}.{k.replace('@', '_at_')}": v for k, v in values.items()})
+        mlflow.log_artifacts(str(out_dir), artifact_path="evaluation")
+        summary["run_id"] = run.info.run_id
+    write_json(out_dir / "summary.json", summary)
+    return summary

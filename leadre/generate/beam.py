@@ -1,0 +1,323 @@
+"""Trie-constrained batched beam search over S-ID tokens, and value/diversity re-ranking of the ads it returns.
+
+A search runs one forward pass over the left-padded prompts, then `sid_length` selection steps; every step but the
+last is followed by a one-token forward pass that reuses the KV cache. Scores are true sequence log-probabilities
+under the model: each step normalises over the whole vocabulary and only then restricts the candidates to the
+trie's children, so the trie decides which beams survive, never what a beam is worth.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer
+
+from leadre.sids.trie import TrieArrays
+
+DEAD = float("-inf")  # score of a beam slot that holds no path (fewer live prefixes than beams)
+NOT_A_SID = -1  # S-ID index of a sequence that is not a live ad's S-ID (only unconstrained search makes them)
+
+TokenIds = Mapping[str, int] | Callable[[list[str]], list[int]]
+
+
+@dataclass(frozen=True)
+class TokenTrie:
+    """The S-ID trie over tokenizer ids, as tensors, so a decoding step handles every beam at once.
+
+    Layout: CSR (node i's edges are offsets[i]:offsets[i + 1]) rather than a dense node × token table. At ~200k ads
+    the trie has ~1M nodes; a dense table over the ~1.3k S-ID tokens is ~1.3G cells (5 GiB as int32), and even one
+    level's codebook (~256 columns) is ~1 GiB, nearly all empty because nodes below the first levels have a handful
+    of children. CSR is four int64 arrays of ~1M entries (~32 MiB). A step stays vectorised: each beam's children
+    are the window offsets[node] + arange(max_fanout[depth]), one gather for all beams, valid where the slot is below
+    the node's child count; the window is never wider than one codebook.
+    """
+
+    offsets: torch.Tensor  # int64 (n_nodes + 1,)
+    child_token_ids: torch.Tensor  # int64 (n_edges,): tokenizer id of each edge's token
+    child_nodes: torch.Tensor  # int64 (n_edges,)
+    leaf_sid: torch.Tensor  # int64 (n_nodes,): index into `sids` of a leaf's S-ID, NOT_A_SID for inner nodes
+    max_fanout: tuple[int, ...]  # widest node at each depth 0 … sid_length - 1: that step's window width
+    max_token_id: int
+    sids: Sequence[str]  # the S-ID of each index the search returns
+    sid_length: int
+
+    @classmethod
+    def build(cls, arrays: TrieArrays, token_ids: TokenIds, sids: Sequence[str] | None = None) -> TokenTrie:
+        """`token_ids`: S-ID token → tokenizer id, a mapping or `tokenizer.convert_tokens_to_ids`.
+
+        `sids` fixes what the returned indices mean (e.g. the rows of the S-ID table); every S-ID of the trie must be
+        in it. Without it, indices follow trie order, the order of `SidTrie.sids()`.
+        """
+        if arrays.sid_length == 0:
+            raise ValueError("the trie holds no S-IDs")
+        vocab, edge_vocab = np.unique(arrays.child_tokens.astype(str), return_inverse=True)
+        ids = _lookup(list(vocab), token_ids)
+        n_nodes, n_edges = len(arrays.depth), len(arrays.child_nodes)
+        counts = np.diff(arrays.offsets)
+
+        parent = np.zeros(n_nodes, dtype=np.int64)
+        parent[arrays.child_nodes] = np.repeat(np.arange(n_nodes), counts)
+        in_edge = np.zeros(n_nodes, dtype=np.int64)
+        in_edge[arrays.child_nodes] = np.arange(n_edges)
+        leaves = np.flatnonzero(arrays.depth == arrays.sid_length)
+        paths = np.empty((len(leaves), arrays.sid_length), dtype=np.int64)  # edge ids, root → leaf
+        node = leaves
+        for level in reversed(range(arrays.sid_length)):
+            paths[:, level] = in_edge[node]
+            node = parent[node]
+        # A node's edges are stored in token order, so sorting leaves by their edge ids level by level is trie order.
+        order = np.lexsort(paths.T[::-1])
+        leaves, paths = leaves[order], paths[order]
+        found = ["".join(tokens) for tokens in arrays.child_tokens[paths].tolist()]
+
+        leaf_sid = np.full(n_nodes, NOT_A_SID, dtype=np.int64)
+        if sids is None:
+            sids = found
+            leaf_sid[leaves] = np.arange(len(leaves))
+        else:
+            row = {sid: i for i, sid in enumerate(sids)}
+            missing = [sid for sid in found if sid not in row]
+            if missing:
+                raise ValueError(f"{len(missing)} S-IDs of the trie are not in `sids`, e.g. {missing[0]!r}")
+            leaf_sid[leaves] = [row[sid] for sid in found]
+
+        inner = arrays.depth < arrays.sid_length
+        max_fanout = np.zeros(arrays.sid_length, dtype=np.int64)
+        np.maximum.at(max_fanout, arrays.depth[inner], counts[inner])
+        return cls(offsets=torch.from_numpy(arrays.offsets.astype(np.int64)),
+                   child_token_ids=torch.from_numpy(ids[edge_vocab]),
+                   child_nodes=torch.from_numpy(arrays.child_nodes.astype(np.int64)),
+                   leaf_sid=torch.from_numpy(leaf_sid), max_fanout=tuple(max_fanout.tolist()),
+                   max_token_id=int(ids.max()), sids=sids, sid_length=arrays.sid_length)
+
+    def to(self, device: torch.device | str) -> TokenTrie:
+        if self.offsets.device == torch.device(device):
+            return self
+        return dataclasses.replace(self, offsets=self.offsets.to(device),
+                                   child_token_ids=self.child_token_ids.to(device),
+                                   child_nodes=self.child_nodes.to(device), leaf_sid=self.leaf_sid.to(device))
+
+    def children(self, nodes: torch.Tensor, depth: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Token ids, child nodes and validity of the child slots of `nodes` (all at `depth`): (n, fanout) each."""
+        start = self.offsets[nodes]
+        slot = torch.arange(self.max_fanout[depth], device=nodes.device)
+        valid = slot < (self.offsets[nodes + 1] - start)[:, None]
+        # Invalid slots read some other node's edge; they are masked, the clamp only keeps the gather in bounds.
+        edge = (start[:, None] + slot).clamp_(max=self.child_nodes.numel() - 1)
+        return self.child_token_ids[edge], self.child_nodes[edge], valid
+
+    def sid_index(self, tokens: torch.Tensor) -> torch.Tensor:
+        """S-ID index of each token sequence (n, sid_length); NOT_A_SID where a sequence leaves the trie."""
+        node = torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
+        alive = torch.ones_like(node, dtype=torch.bool)
+        for depth in range(self.sid_length):
+            ids, kids, valid = self.children(node, depth)
+            hit = valid & (ids == tokens[:, depth, None])  # a node's tokens are distinct: at most one hit
+            alive &= hit.any(dim=1)
+            node = torch.where(alive, (kids * hit).sum(dim=1), 0)
+        return torch.where(alive, self.leaf_sid[node], NOT_A_SID)
+
+
+def _lookup(tokens: list[str], token_ids: TokenIds) -> np.ndarray:
+    ids = token_ids(tokens) if callable(token_ids) else [token_ids.get(t) for t in tokens]
+    unknown = [t for t, i in zip(tokens, ids) if i is None or i < 0]
+    if unknown:
+        raise ValueError(f"{len(unknown)} S-ID tokens have no tokenizer id, e.g. {unknown[0]!r}: add the S-ID "
+                         f"vocabulary to the tokenizer as special tokens")
+    ids = np.asarray(ids, dtype=np.int64)
+    if len(np.unique(ids)) != len(ids):
+        # Typically the tokenizer's unknown-token id: two S-ID tokens on one id would make decoding ambiguous.
+        raise ValueError("distinct S-ID tokens share a tokenizer id: add the S-ID vocabulary as special tokens")
+    return ids
+
+
+@dataclass(frozen=True)
+class Beams:
+    """The final beams of one batch of prompts, best first per prompt."""
+
+    tokens: torch.Tensor  # int64 (prompts, beam_width, sid_length)
+    scores: torch.Tensor  # float32 (prompts, beam_width): sequence log-probs; DEAD marks a slot holding no path
+    sid_index: torch.Tensor  # int64 (prompts, beam_width): index into trie.sids, NOT_A_SID if none
+
+
+def _model_kwargs(model: torch.nn.Module) -> dict:
+    # Logits of the prompt's last position only: the full (batch × prompt length × vocab) logits would dwarf the
+    # rest of the prompt pass.
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+
+
+def select_rows(cache: Cache, rows: torch.Tensor) -> None:
+    """Keep the cache's batch rows `rows`, in that order, repeats allowed (beam search's reorder).
+
+    Plain key/value layers go through `batch_select_indices` (advanced indexing) instead of `reorder_cache`
+    (index_select): same result, but torch's CPU index_select on 4-D key/value tensors is pathologically slow (~400 ms
+    against ~2 ms for 80 × 2 × 330 × 64 floats, torch 2.13). Only layers that keep the generic reorder qualify:
+    quantized layers inherit `batch_select_indices` yet keep most states elsewhere, so they, and every other layer
+    with its own reorder (static, indexed, linear-attention), use `reorder_cache`.
+    """
+    for layer in cache.layers:
+        plain = (type(layer).reorder_cache is CacheLayerMixin.reorder_cache
+                 and getattr(type(layer), "batch_select_indices", None) is DynamicLayer.batch_select_indices)
+        if plain:
+            layer.batch_select_indices(rows)
+        else:
+            layer.reorder_cache(rows)
+
+
+def search_batch(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, trie: TokenTrie,
+                 beam_width: int, constrained: bool = True) -> Beams:
+    """Beam search for one left-padded batch: (prompts, length) ids and mask, on the model's device.
+
+    Unconstrained, each beam's candidates are its `beam_width` most likely tokens (no more of them can survive),
+    and the trie only labels the final sequences.
+    """
+    prompts, device = input_ids.shape[0], input_ids.device
+    trie = trie.to(device)
+    # Left padding: a prompt's first real token is position 0 (pads get 0 too; they are masked anyway).
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp_(min=0)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True,
+                **_model_kwargs(model))
+    cache, logits = out.cache, out.logits[:, -1]
+    if trie.max_token_id >= logits.shape[-1]:
+        raise ValueError(f"S-ID token id {trie.max_token_id} is outside the model's vocabulary "
+                         f"({logits.shape[-1]}): resize its embeddings after adding the S-ID tokens")
+    next_position = positions[:, -1:] + 1
+    scores = torch.zeros(prompts, 1, device=device)
+    nodes = torch.zeros(prompts, 1, dtype=torch.long, device=device)
+    tokens = torch.zeros(prompts, 1, 0, dtype=torch.long, device=device)
+    mask = attention_mask
+
+    for depth in range(trie.sid_length):
+        beams = scores.shape[1]
+        logits = logits.float()
+        normaliser = logits.logsumexp(dim=-1, keepdim=True)  # log-softmax, without a (beams × vocab) copy
+        if constrained:
+            cand_tokens, cand_nodes, valid = trie.children(nodes.flatten(), depth)
+            cand_scores = (logits.gather(1, cand_tokens) - normaliser).masked_fill_(~valid, DEAD)
+        else:
+            top = logits.topk(min(beam_width, logits.shape[-1]), dim=-1)
+            cand_tokens, cand_scores = top.indices, top.values - normaliser
+        width = cand_tokens.shape[1]
+        total = (scores[..., None] + cand_scores.view(prompts, beams, width)).view(prompts, beams * width)
+        if total.shape[1] < beam_width:  # early levels can have fewer paths than beams: pad with dead slots
+            total = torch.cat([total, total.new_full((prompts, beam_width - total.shape[1]), DEAD)], dim=1)
+        scores, flat = total.topk(beam_width, dim=1)
+        flat = flat.clamp_(max=beams * width - 1)  # dead padding slots point at some real candidate, harmlessly
+        rows = (torch.arange(prompts, device=device)[:, None] * beams + flat // width).flatten()
+        picked = rows * width + (flat % width).flatten()
+        new_tokens = cand_tokens.flatten()[picked]
+        tokens = torch.cat([tokens.view(prompts * beams, -1)[rows], new_tokens[:, None]], dim=1)
+        tokens = tokens.view(prompts, beam_width, -1)
+        if constrained:
+            nodes = cand_nodes.flatten()[picked].view(prompts, beam_width)
+        if depth == trie.sid_length - 1:
+            break
+        select_rows(cache, rows)  # the first selection also grows the cache from one row per prompt to one per beam
+        if depth == 0:
+            mask = mask.repeat_interleave(beam_width, dim=0)
+            next_position = next_position.repeat_interleave(beam_width, dim=0)
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        out = model(input_ids=new_tokens[:, None], attention_mask=mask, position_ids=next_position + depth,
+                    cache=cache, use_cache=True)
+        cache, logits = out.cache, out.logits[:, -1]
+
+    if constrained:
+        sid_index = trie.leaf_sid[nodes]
+    else:
+        sid_index = trie.sid_index(tokens.view(-1, trie.sid_length)).view(prompts, beam_width)
+    return Beams(tokens=tokens, scores=scores, sid_index=sid_index.masked_fill(scores == DEAD, NOT_A_SID))
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_token_id: int,
+             device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask, pads on the left so every prompt's next token is the last column's successor."""
+    length = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), length), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), length), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, length - len(prompt):] = torch.as_tensor(prompt, dtype=torch.long)
+        mask[row, length - len(prompt):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def constrained_beam_search(model: torch.nn.Module, prompt_ids: Sequence[Sequence[int]], trie: TokenTrie,
+                            beam_width: int, num_return: int, batch_size: int, pad_token_id: int,
+                            constrained: bool = True) -> list[list[tuple[int, float]]]:
+    """For each prompt, its best `num_return` (S-ID index into `trie.sids`, sequence log-prob), best first.
+
+    Constrained, these are distinct live S-IDs (fewer when the trie has fewer). Unconstrained (the baseline), a
+    sequence that is not a live S-ID comes back as NOT_A_SID and may repeat. Prompts are batched by length so
+    little of a batch is padding. The model runs as it is: put it in eval mode first.
+    """
+    if not 0 < num_return <= beam_width:
+        raise ValueError(f"num_return must be in 1 … beam_width ({beam_width}), got {num_return}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if any(len(p) == 0 for p in prompt_ids):
+        raise ValueError("every prompt needs at least one token")
+    device = next(model.parameters()).device
+    trie = trie.to(device)
+
+    by_length = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
+    results: list[list[tuple[int, float]]] = [[] for _ in prompt_ids]
+    with torch.inference_mode():
+        for start in range(0, len(by_length), batch_size):
+            chunk = by_length[start:start + batch_size]
+            ids, mask = left_pad([prompt_ids[i] for i in chunk], pad_token_id, device)
+            beams = search_batch(model, ids, mask, trie, beam_width, constrained)
+            scores = beams.scores[:, :num_return].cpu().tolist()
+            index = beams.sid_index[:, :num_return].cpu().tolist()
+            for i, row_scores, row_index in zip(chunk, scores, index):
+                results[i] = [(sid, score) for sid, score in zip(row_index, row_scores) if score != DEAD]
+    return results
+
+
+@dataclass(frozen=True)
+class Reranked:
+    order: np.ndarray  # indices into the inputs, best first
+    scores: np.ndarray  # each picked ad's final score (after its diversity penalty), in `order`'s order
+
+
+def value_scores(logprob: np.ndarray, ecpm: np.ndarray, value_weight: float) -> np.ndarray:
+    """logprob + λ·log(eCPM): relevance traded against expected revenue. eCPM 0 scores -inf when λ > 0."""
+    logprob, ecpm = np.asarray(logprob, dtype=np.float64), np.asarray(ecpm, dtype=np.float64)
+    if np.isnan(ecpm).any() or (ecpm < 0).any():
+        raise ValueError("eCPM must be non-negative numbers")
+    if value_weight == 0:
+        return logprob.copy()  # and not 0 · log(0) = nan for unpriced ads
+    with np.errstate(divide="ignore"):
+        return logprob + value_weight * np.log(ecpm)
+
+
+def diversify(scores: np.ndarray, industry: np.ndarray, diversity_penalty: float) -> Reranked:
+    """Greedy pick of the best score, each ad penalised by `diversity_penalty` per already-picked ad of its industry.
+
+    Computed without the greedy loop: an industry's ads are picked in score order, so its k-th ad (from 0) always
+    pays k penalties, and the greedy order is the order of those penalised scores (ties: higher score, then earlier
+    input). Needs a non-negative penalty, which keeps each industry's penalised scores decreasing.
+    """
+    scores, industry = np.asarray(scores, dtype=np.float64), np.asarray(industry)
+    if diversity_penalty < 0:
+        raise ValueError(f"diversity_penalty must be non-negative, got {diversity_penalty}")
+    if np.isnan(scores).any():
+        raise ValueError("scores must not be NaN")
+    by_score = np.argsort(-scores, kind="stable")
+    _, group = np.unique(industry[by_score], return_inverse=True)
+    grouped = np.argsort(group, kind="stable")  # industry by industry, score order within each
+    first = np.searchsorted(group[grouped], group[grouped], side="left")
+    rank = np.empty(len(scores), dtype=np.int64)
+    rank[grouped] = np.arange(len(scores)) - first
+    penalised = scores[by_score] - diversity_penalty * rank
+    final = np.argsort(-penalised, kind="stable")
+    return Reranked(order=by_score[final], scores=penalised[final])
+
+
+def rerank(logprob: np.ndarray, ecpm: np.ndarray, industry: np.ndarray, value_weight: float,
+           diversity_penalty: float) -> Reranked:
+    """An ad list's final order: value_scores, then diversify."""
+    return diversify(value_scores(logprob, ecpm, value_weight), industry, diversity_penalty)

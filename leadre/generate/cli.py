@@ -1,0 +1,35 @@
+"""`leadre generate`: a model's top-K live ads for a split's users, for a look at what a model recommends."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from leadre.config import Params
+from leadre.generate.recommender import LlmRecommender, top_k
+from leadre.io import atomic_file
+from leadre.train.model import set_cpu_threads
+
+
+def run_generate(params: Params, model: Path | None, split: str, users: int, k: int,
+                 out: Path | None) -> list[dict[str, Any]]:
+    folder = params.path(params.prompts.out_dir) / "sft" / split
+    set_cpu_threads(params.model.cpu_threads)
+    rows = pd.concat([pd.read_parquet(f, columns=["prompt", "task", "user_id"]) for f in sorted(folder.glob("*.parquet"))])
+    rows = rows[rows["task"] == "main"].drop_duplicates("user_id").sort_values("user_id").head(users)
+    if rows.empty:
+        raise FileNotFoundError(f"{folder}: no main-task prompts (run `leadre prompts build` first)")
+    recommender = LlmRecommender(params.path(model or params.evaluate.candidate_dir), params.generate)
+    generated = recommender.generate([list(p) for p in rows["prompt"]])
+    ads = pd.read_parquet(params.path(params.data.validated_dir) / "ads.parquet").set_index("ad_id")
+    ids, scores = top_k(generated, k, None, ads["ecpm"], ads["industry"], params.generate.value_weight,
+                        params.generate.diversity_penalty)
+    result = [{"user_id": int(u), "ad_ids": [int(a) for a in i if a >= 0], "scores": [float(s) for s in sc if np.isfinite(s)]}
+              for u, i, sc in zip(rows["user_id"], ids, scores)]
+    if out is not None:
+        with atomic_file(out) as tmp:
+            pd.DataFrame(result).to_parquet(tmp)
+    return result

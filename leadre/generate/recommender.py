@@ -1,0 +1,103 @@
+"""The LLM recommender: a trained model bundle + trie-constrained beam search → top-K live ads per prompt.
+
+Used by offline evaluation, the near-line service and the registered MLflow model alike, so all three rank the same
+way. The trie holds the live ads of the bundle's S-ID table only, so every returned ad is a real, eligible ad.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from leadre.config import GenerateParams
+from leadre.evaluate.metrics import PAD
+
+SIDS_FOLDER = "sids"
+SID_TABLE = "ad_sids.parquet"
+
+
+@dataclass
+class Generated:
+    """Per prompt, the ads the beam search found (best first) and their sequence log-probabilities."""
+
+    ad_ids: list[np.ndarray]
+    logprobs: list[np.ndarray]
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device != "auto":
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class LlmRecommender:
+    name = "leadre"
+
+    def __init__(self, bundle: Path | str, settings: GenerateParams, live_ad_ids: np.ndarray | None = None):
+        """`live_ad_ids` narrows the trie to ads live now (near-line); by default the bundle's own live flags."""
+        import torch
+
+        from leadre.generate.beam import TokenTrie
+        from leadre.sids.trie import SidTrie
+        from leadre.train.model import load_trained
+
+        bundle = Path(bundle)
+        self.settings = settings
+        self.device = resolve_device(settings.device)
+        dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+        self.model, self.tokenizer = load_trained(bundle, dtype=dtype)
+        self.model.to(self.device).eval()
+        table = pd.read_parquet(bundle / SIDS_FOLDER / SID_TABLE, columns=["ad_id", "sid", "live"])
+        live = table[table["live"]] if live_ad_ids is None else table[table["ad_id"].isin(live_ad_ids)]
+        if live.empty:
+            raise ValueError(f"{bundle}: no live ad has an S-ID, nothing can be recommended")
+        self.ad_ids = live["ad_id"].to_numpy(np.int64)
+        sids = live["sid"].tolist()
+        self.trie = TokenTrie.build(SidTrie.from_sids(sids).to_arrays(), self.tokenizer.convert_tokens_to_ids,
+                                    sids=sids).to(self.device)
+
+    def prompt_ids(self, prompts: list[list[dict]]) -> list[list[int]]:
+        texts = [self.tokenizer.apply_chat_template(list(p), add_generation_prompt=True, tokenize=False)
+                 for p in prompts]
+        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+    def generate(self, prompts: list[list[dict]], beam_width: int | None = None) -> Generated:
+        from leadre.generate.beam import constrained_beam_search
+
+        width = beam_width or self.settings.beam_width
+        found = constrained_beam_search(self.model, self.prompt_ids(prompts), self.trie, beam_width=width,
+                                        num_return=width, batch_size=self.settings.batch_size,
+                                        pad_token_id=self.tokenizer.pad_token_id)
+        return Generated(ad_ids=[self.ad_ids[np.array([i for i, _ in row], dtype=np.int64)] for row in found],
+                         logprobs=[np.array([s for _, s in row], dtype=np.float64) for row in found])
+
+
+def top_k(generated: Generated, k: int, exclude: list[np.ndarray] | None, ecpm: pd.Series, industry: pd.Series,
+          value_weight: float, diversity_penalty: float) -> tuple[np.ndarray, np.ndarray]:
+    """(n, k) ad ids padded with PAD and their final scores, after exclusions and value/diversity re-ranking.
+
+    Final score = log-prob + λ·log(eCPM), then each further ad of an industry already chosen pays the diversity
+    penalty: λ trades relevance for revenue, the penalty relevance for variety.
+    """
+    from leadre.generate.beam import rerank
+
+    n = len(generated.ad_ids)
+    ids = np.full((n, k), PAD, dtype=np.int64)
+    scores = np.full((n, k), -np.inf)
+    for row, (ads, logprobs) in enumerate(zip(generated.ad_ids, generated.logprobs)):
+        if exclude is not None and len(exclude[row]):
+            keep = ~np.isin(ads, exclude[row])
+            ads, logprobs = ads[keep], logprobs[keep]
+        if not len(ads):
+            continue
+        ranked = rerank(logprobs, ecpm.reindex(ads).to_numpy(), industry.reindex(ads).to_numpy(), value_weight,
+                        diversity_penalty)
+        chosen = ranked.order[:k]
+        ids[row, :len(chosen)] = ads[chosen]
+        scores[row, :len(chosen)] = ranked.scores[:len(chosen)]
+    return ids, scores
