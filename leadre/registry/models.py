@@ -1,0 +1,137 @@
+"""Registry operations: register a candidate (alias `challenger`), promote it (alias `champion`), roll back.
+
+Aliases, not the deprecated stages. Moving an alias is a single registry write, so `champion` always names exactly
+one complete version; the previous champion is remembered in the new version's tags, which is what rollback
+follows.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from leadre.config import Params
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+PREVIOUS_CHAMPION_TAG = "leadre.previous_champion"
+PROMOTED_AT_TAG = "leadre.promoted_at"
+
+
+class RegistryError(RuntimeError):
+    """A registry operation cannot be done as asked (no challenger, a failed gate, nothing to roll back to)."""
+
+
+@dataclass(frozen=True)
+class ChampionBundle:
+    version: str
+    folder: Path
+
+
+def _client(params: Params):
+    from mlflow.tracking import MlflowClient
+
+    from leadre.tracking import configure
+
+    configure(params)
+    return MlflowClient()
+
+
+def alias_version(params: Params, alias: str):
+    """The model version an alias points at, or None (no registered model yet, or alias unset)."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client(params)
+    try:
+        return client.get_model_version_by_alias(params.registry.model_name, alias)
+    except MlflowException:
+        return None
+
+
+def download_bundle(params: Params, version: str, target: Path | None = None) -> Path:
+    """A local copy of a version's bundle folder (weights, tokenizer, S-ID files)."""
+    import mlflow
+    from leadre.registry.pyfunc import BUNDLE_ARTIFACT
+
+    _client(params)
+    target = Path(target or tempfile.mkdtemp(prefix=f"leadre-v{version}-"))
+    local = Path(mlflow.artifacts.download_artifacts(
+        artifact_uri=f"models:/{params.registry.model_name}/{version}", dst_path=str(target)))
+    # pyfunc keeps an artifact under its source folder's name; MLmodel maps the artifact key to that path
+    spec = yaml.safe_load((local / "MLmodel").read_text(encoding="utf-8"))
+    artifact = spec.get("flavors", {}).get("python_function", {}).get("artifacts", {}).get(BUNDLE_ARTIFACT, {})
+    folder = local / artifact.get("path", f"artifacts/{BUNDLE_ARTIFACT}")
+    if not folder.is_dir():
+        raise RegistryError(f"version {version} of {params.registry.model_name} has no bundle artifact")
+    return folder
+
+
+def champion_bundle(params: Params) -> ChampionBundle | None:
+    found = alias_version(params, CHAMPION)
+    if found is None:
+        return None
+    return ChampionBundle(version=str(found.version), folder=download_bundle(params, str(found.version)))
+
+
+def register_candidate(params: Params, bundle: Path, tags: dict[str, Any]) -> str:
+    """Log `bundle` as a pyfunc model in the active run, register it, tag it and point `challenger` at it."""
+    import leadre
+    import mlflow
+    from leadre.registry.pyfunc import BUNDLE_ARTIFACT, LeadreModel, signature
+
+    info = mlflow.pyfunc.log_model(
+        name="model", python_model=LeadreModel(), artifacts={BUNDLE_ARTIFACT: str(bundle)},
+        code_paths=[str(Path(leadre.__file__).parent)], model_config=params.generate.model_dump(),
+        signature=signature(),
+        registered_model_name=params.registry.model_name, pip_requirements=_requirements())
+    version = str(info.registered_model_version)
+    client = _client(params)
+    for key, value in tags.items():
+        client.set_model_version_tag(params.registry.model_name, version, key, str(value))
+    client.set_registered_model_alias(params.registry.model_name, CHALLENGER, version)
+    return version
+
+
+def promote(params: Params, version: str) -> str | None:
+    """Point `champion` at `version`; returns the version it pointed at before (None if there was none)."""
+    from datetime import datetime, timezone
+
+    client = _client(params)
+    name = params.registry.model_name
+    previous = alias_version(params, CHAMPION)
+    if previous is not None and str(previous.version) == str(version):
+        return str(previous.version)
+    if previous is not None:
+        client.set_model_version_tag(name, version, PREVIOUS_CHAMPION_TAG, str(previous.version))
+    client.set_model_version_tag(name, version, PROMOTED_AT_TAG, datetime.now(timezone.utc).isoformat())
+    client.set_registered_model_alias(name, CHAMPION, version)
+    return str(previous.version) if previous else None
+
+
+def rollback(params: Params) -> tuple[str, str]:
+    """Re-point `champion` at the version it replaced; returns (from, to)."""
+    current = alias_version(params, CHAMPION)
+    if current is None:
+        raise RegistryError(f"{params.registry.model_name} has no champion to roll back")
+    previous = current.tags.get(PREVIOUS_CHAMPION_TAG)
+    if not previous:
+        raise RegistryError(f"champion version {current.version} replaced no earlier version: nothing to roll back to")
+    client = _client(params)
+    client.set_registered_model_alias(params.registry.model_name, CHAMPION, previous)
+    client.set_model_version_tag(params.registry.model_name, current.version, "leadre.rolled_back", "true")
+    return str(current.version), previous
+
+
+def _requirements() -> list[str]:
+    """The serving libraries at the versions installed here (explicit: MLflow's inference adds torchvision)."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in ("torch", "transformers", "pandas", "pyarrow", "numpy", "pydantic",
+                                                      "pyyaml", "mlflow")]

@@ -1,0 +1,101 @@
+"""`leadre nearline`: the latency-tolerant half of serving. Champion model → every active user's top-N live ads.
+
+For users active in the last `nearline.active_days`, it renders a fresh prompt at "now" (the data snapshot), runs
+trie-constrained beam search in batches with the registry's champion, and publishes one candidate-store snapshot
+(ad ids, scores, model version, time) in a single atomic swap: the online service reads the old snapshot or the new
+one, never a mix. It also writes the serving ads file (live ads, industry, eCPM, recent popularity) the online
+service filters and falls back with.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from leadre.config import Params
+from leadre.train.model import set_cpu_threads
+
+log = logging.getLogger(__name__)
+
+MS_PER_DAY = 86_400_000
+
+
+def serving_ads(params: Params, ads: pd.DataFrame, events: pd.DataFrame, now: pd.Timestamp) -> pd.DataFrame:
+    """Live ads with their popularity: ad engagements in the last `serve.popularity_days`, recent ones first."""
+    recent = events[(events["domain"] == "ad") & (events["ts"] >= now - pd.Timedelta(days=params.serve.popularity_days))]
+    popularity = recent.groupby("object_id").size()
+    live = ads[(ads["status"] == "active") & (ads["expires_at"] > now)]
+    return pd.DataFrame({"ad_id": live["ad_id"].to_numpy(np.int64), "industry": live["industry"].astype(str).to_numpy(),
+                         "ecpm": live["ecpm"].to_numpy(np.float64),
+                         "popularity": popularity.reindex(live["ad_id"], fill_value=0).to_numpy(np.float64),
+                         "expires_at": live["expires_at"].to_numpy()})
+
+
+def run_nearline(params: Params) -> dict[str, Any]:
+    from leadre.data.tables import read_tables
+    from leadre.generate.recommender import LlmRecommender, top_k
+    from leadre.prompts.build import load_sources, serving_prompts
+    from leadre.registry.models import champion_bundle
+    from leadre.serve.bundle import ServingBundle, write_bundle
+    from leadre.serve.service import store_url
+    from leadre.serve.store import open_store
+
+    started_at = datetime.now(UTC)
+    started = time.perf_counter()
+    cfg = params.nearline
+    set_cpu_threads(params.model.cpu_threads)
+    champion = champion_bundle(params)
+    if champion is None:
+        # The first retrain's gate can hold its candidate back: then there is nothing to serve yet, which is not a
+        # failure of this step. The online service answers from the fallback meanwhile.
+        log.warning("%s has no champion yet: near-line refresh skipped", params.registry.model_name)
+        return {"skipped": f"{params.registry.model_name} has no champion yet", "users": 0}
+    now = pd.Timestamp(params.data.snapshot_time)
+    tables = read_tables(params.path(params.data.validated_dir), ("ads", "events"))
+    ads, events = tables["ads"], tables["events"]
+    live = serving_ads(params, ads, events, now)
+
+    recent = events[events["ts"] >= now - pd.Timedelta(days=cfg.active_days)]
+    users = np.unique(recent["user_id"].to_numpy(np.int64))
+    if cfg.max_users and len(users) > cfg.max_users:
+        users = users[:cfg.max_users]
+    engaged = events[(events["domain"] == "ad") & events["user_id"].isin(users)]
+    engaged_by_user = engaged.groupby("user_id")["object_id"].unique()
+    exclude = [np.asarray(engaged_by_user.get(u, []), dtype=np.int64) for u in users] if cfg.exclude_engaged else None
+    del tables, events, recent
+
+    sources = load_sources(params)
+    recommender = LlmRecommender(champion.folder, params.generate, live_ad_ids=live["ad_id"].to_numpy())
+    ecpm = pd.Series(live["ecpm"].to_numpy(), index=live["ad_id"])
+    industry = pd.Series(live["industry"].to_numpy(), index=live["ad_id"])
+    rows: list[tuple[int, np.ndarray, np.ndarray]] = []
+    from tqdm import tqdm
+
+    for start in tqdm(range(0, len(users), cfg.users_per_batch), desc="near-line", unit="batch"):
+        batch = users[start:start + cfg.users_per_batch]
+        generated = recommender.generate(serving_prompts(params, sources, batch, now))
+        ids, scores = top_k(generated, cfg.top_n, exclude[start:start + len(batch)] if exclude else None, ecpm,
+                            industry, params.generate.value_weight, params.generate.diversity_penalty)
+        for user, row_ids, row_scores in zip(batch, ids, scores):
+            keep = row_ids >= 0
+            rows.append((int(user), row_ids[keep], row_scores[keep]))
+    generation_seconds = time.perf_counter() - started
+
+    store = open_store(store_url(params))
+    try:
+        info = store.write_snapshot(rows, model_version=champion.version, created_at=started_at)
+    finally:
+        store.close()
+    write_bundle(params.path(params.serve.ads_file), ServingBundle(champion.version, live,
+                                                                    ads_version=info.snapshot_id))
+    seconds = time.perf_counter() - started
+    summary = {"users": len(rows), "model_version": champion.version, "snapshot_id": info.snapshot_id,
+               "seconds": seconds, "users_per_second": len(rows) / generation_seconds if rows else 0.0,
+               "live_ads": len(live)}
+    log.info("near-line: %s", summary)
+    return summary
