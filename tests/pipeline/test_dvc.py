@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import FAST_TRAINING, REPO
 
 BIN = Path(sys.executable).parent
+STAGES = ("generate", "validate", "sids", "prompts", "sft", "dpo", "evaluate", "gate", "promote")
 
 
 def _run(cwd: Path, *args: str) -> str:
@@ -36,8 +37,14 @@ def clone(tmp_path_factory) -> Path:
             shutil.copy2(REPO / name, root / name)
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["world"]["scale"] = "tiny"
+    for dotted, value in FAST_TRAINING.items():  # the real stages, with a model and data small enough for seconds
+        node = params
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for f in ("dvc.lock", params["validation"]["metrics_file"]):
+    for f in ("dvc.lock", *(params[s]["metrics_file"] for s in ("validation", "sft", "dpo", "evaluate"))):
         (root / f).unlink(missing_ok=True)  # a clean run, whatever the last committed one produced
     _run(root, "git", "init", "-q")
     _run(root, "git", "add", "-A")
@@ -47,16 +54,19 @@ def clone(tmp_path_factory) -> Path:
 
 def test_repro_runs_generate_and_validate_then_is_up_to_date(clone: Path):
     out = _run(clone, "dvc", "repro")
-    for stage in ("generate", "validate", "sids", "prompts"):
+    for stage in STAGES:
         assert f"Running stage '{stage}'" in out
     assert (clone / "data/validated/events.parquet").exists()
     assert (clone / "artifacts/sids/ad_sids.parquet").exists() and (clone / "data/prompts/sft/train/part-00000.parquet").exists()
     lock = yaml.safe_load((clone / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"generate", "validate", "sids", "prompts"}
+    assert set(lock["stages"]) == set(STAGES)
     docs = (clone / "reports/validation/data_docs/index.html").read_text()
     assert "events" in docs and "ads" in docs  # the GX data docs site lists every suite's run
     metrics = json.loads((clone / "reports/validation_metrics.json").read_text())
     assert metrics["passed"] and metrics["rows"]["users"] == 400
+    decision = json.loads((clone / "reports/gate.json").read_text())
+    assert decision["challenger_version"] == "1" and decision["reasons"]  # registered whatever the verdict
+    assert ("champion is now version 1" in out) == decision["passed"]
     assert "didn't change" in _run(clone, "dvc", "repro") or "up to date" in _run(clone, "dvc", "status")
     assert "Data and pipelines are up to date" in _run(clone, "dvc", "status")
 

@@ -1,0 +1,559 @@
+"""What the Airflow DAG (dags/leadre_retrain.py) needs besides its graph: settings, the trigger form, the task
+bodies of the local runner, the pod arguments of the Kubernetes runner, and the failure callback.
+
+Imported by the DAG file at parse time, so only the standard library, PyYAML, pydantic and `leadre.steps` (itself
+light) are imported at module level; Airflow, the Kubernetes provider and every step's heavy libraries are
+imported inside the functions that run a task.
+
+Settings come from the `orchestration` section of params.yaml (typed in leadre/config.py), then the environment:
+$LEADRE_RUNNER, $LEADRE_RETRIES (tests set 0 to fail fast) and $LEADRE_SCHEDULE ("none": trigger only) win.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from leadre.config import OrchestrationParams
+from leadre.steps import RETRAIN_ORDER
+
+log = logging.getLogger("leadre.airflow")
+
+DAG_ID = "leadre_retrain"
+STEPS: tuple[str, ...] = RETRAIN_ORDER  # validate → sids → prompts → sft → dpo → evaluate → gate → promote → nearline
+GATE, PROMOTE, NEARLINE = "gate", "promote", "nearline"
+RUNNER_ENV = "LEADRE_RUNNER"
+RETRIES_ENV = "LEADRE_RETRIES"
+SCHEDULE_ENV = "LEADRE_SCHEDULE"   # a cron preset/expression, or "none": trigger only (tests, dev deployments)
+PARAMS_ENV = "LEADRE_PARAMS"       # the same variable leadre.config reads
+RETRAIN_ENV = "LEADRE_RETRAIN_ID"  # the same variable leadre.tracking reads: one MLflow parent run per DAG run
+DEFAULT_MODEL_NAME = "leadre-recommender"
+
+# Kubernetes runner: KubernetesPodOperator(do_xcom_push=True) mounts an emptyDir at /airflow/xcom and reads
+# return.json from it after the container exits. The gate pod writes its decision there with `leadre gate --xcom`.
+XCOM_RETURN_FILE = "/airflow/xcom/return.json"
+GATE_POD_ARGS: tuple[str, ...] = ("--xcom", XCOM_RETURN_FILE)
+
+# Which params section names a step's outputs (its *_dir and *_file keys are what the failure message points at).
+STEP_SECTION: Mapping[str, str] = {
+    "validate": "validation", "sids": "sids", "prompts": "prompts", "sft": "sft", "dpo": "dpo",
+    "evaluate": "evaluate", "gate": "gate", "promote": "registry", "nearline": "nearline",
+}
+
+
+# ------------------------------------------------------------------------------------------------ settings
+
+OrchestrationSettings = OrchestrationParams  # the `orchestration` section, typed in leadre/config.py
+
+
+def params_file(default: Path | str) -> Path:
+    """$LEADRE_PARAMS, else `default` (the DAG passes the params.yaml beside its dags/ folder)."""
+    return Path(os.environ.get(PARAMS_ENV) or default)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return {}
+    return raw if isinstance(raw, dict) else {}
+
+
+def load_settings(path: Path | str | None = None, environ: Mapping[str, str] | None = None) -> OrchestrationSettings:
+    """Settings from params.yaml's `orchestration` section (defaults when absent), then the environment.
+
+    $LEADRE_RUNNER, $LEADRE_RETRIES and $LEADRE_SCHEDULE ("none": no schedule) override the file. They are read
+    when the DAG file is parsed: set them in the environment of every Airflow component (scheduler, DAG
+    processor, workers), as k8s/airflow/values.yaml does for LEADRE_RUNNER.
+    """
+    environ = os.environ if environ is None else environ
+    section = dict(_read_yaml(Path(path)).get("orchestration") or {}) if path else {}
+    if environ.get(RUNNER_ENV):
+        section["runner"] = environ[RUNNER_ENV].strip().lower()
+    if environ.get(RETRIES_ENV):
+        section["retries"] = environ[RETRIES_ENV]
+    if environ.get(SCHEDULE_ENV):
+        schedule = environ[SCHEDULE_ENV].strip()
+        section["schedule"] = None if schedule.lower() in {"none", "null"} else schedule
+    try:
+        return OrchestrationSettings(**section)
+    except ValidationError as err:
+        problems = "; ".join(f"orchestration.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        raise ValueError(f"{path}: {problems}") from None
+
+
+def default_args(settings: OrchestrationSettings) -> dict[str, Any]:
+    """Every task: retries with exponential back-off, and the failure callback that says where to look."""
+    return {
+        "owner": "leadre",
+        "retries": settings.retries,
+        "retry_delay": timedelta(minutes=settings.retry_delay_minutes),
+        "retry_exponential_backoff": settings.retry_exponential_backoff,
+        "max_retry_delay": timedelta(minutes=settings.max_retry_delay_minutes),
+        "on_failure_callback": on_step_failure,
+        "on_retry_callback": on_step_retry,
+    }
+
+
+def step_task_kwargs(step: str, settings: OrchestrationSettings) -> dict[str, Any]:
+    """Per-step task arguments shared by both runners."""
+    kwargs: dict[str, Any] = {"execution_timeout": settings.timeout(step), "doc_md": STEP_DOCS[step]}
+    if step == NEARLINE:
+        # Near-line refreshes the candidate cache with whatever model is champion: the new one when the gate
+        # passed and `promote` ran, the current one when the gate held the candidate back (promote skipped).
+        # none_failed: run after a success or a skip, never after a failure upstream.
+        kwargs["trigger_rule"] = "none_failed"
+    return kwargs
+
+
+STEP_DOCS: Mapping[str, str] = {
+    "validate": "Great Expectations suites over `data.source_dir`; writes `data.validated_dir` only if all pass.",
+    "sids": "Semantic IDs: ad text → residual codebooks → unique S-IDs (`sids.out_dir`).",
+    "prompts": "Intent-aware prompts, auxiliary tasks and DPO pairs (`prompts.out_dir`).",
+    "sft": "Supervised fine-tuning (TRL SFTTrainer); GPU pod on the Kubernetes runner.",
+    "dpo": "Preference alignment towards higher-eCPM ads (TRL DPOTrainer); GPU pod on the Kubernetes runner.",
+    "evaluate": "Offline metrics of the candidate against baselines and the current champion.",
+    "gate": "Decides whether the candidate is promoted: `promote` is skipped when the gate does not pass.",
+    "promote": "Registers the candidate in MLflow and moves the `champion` alias to it.",
+    "nearline": "Regenerates the candidate cache with the champion (runs whether or not promote ran).",
+}
+
+
+# ------------------------------------------------------------------------------------------------ the form
+
+@dataclass(frozen=True)
+class FormField:
+    """One field of the trigger form: the dotted params keys it sets and its JSON-schema (validated on trigger)."""
+
+    keys: tuple[str, ...]
+    title: str
+    description: str
+    schema: Mapping[str, Any]
+    section: str = "Training"
+    values: Mapping[Any, Any] = field(default_factory=dict)  # form value → params value (e.g. "on" → True)
+
+    def params_value(self, value: Any) -> Any:
+        return self.values.get(value, value) if self.values else value
+
+
+_NUMBER = ["null", "number"]
+_INTEGER = ["null", "integer"]
+_STRING = ["null", "string"]
+_ISO_INSTANT = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})$"
+
+# Empty (null) fields keep the params.yaml value. The table is deliberately small and explicit; anything else goes
+# through `overrides` (dotted key → value, exactly like `leadre -S key=value`).
+FORM: Mapping[str, FormField] = {
+    "base_model": FormField(
+        ("model.base_model",), "Base model",
+        "builtin:tiny, or a local Hugging Face causal-LM folder / cached hub id (nothing is downloaded).",
+        {"type": _STRING, "minLength": 1, "pattern": r"^\S+$"}, section="Model"),
+    "lora": FormField(
+        ("sft.lora.enabled", "dpo.lora.enabled"), "LoRA",
+        "auto: on for hub models, off for builtin:tiny. Applies to SFT and DPO.",
+        {"type": _STRING, "enum": [None, "auto", "on", "off"]}, section="Model",
+        values={"on": True, "off": False, "auto": "auto"}),
+    "lora_r": FormField(
+        ("sft.lora.r", "dpo.lora.r"), "LoRA rank", "Rank of the LoRA adapters (SFT and DPO).",
+        {"type": _INTEGER, "minimum": 1, "maximum": 1024}, section="Model"),
+    "sft_epochs": FormField(
+        ("sft.epochs",), "SFT epochs", "Epochs of supervised fine-tuning.",
+        {"type": _NUMBER, "exclusiveMinimum": 0, "maximum": 100}),
+    "learning_rate": FormField(
+        ("sft.learning_rate",), "SFT learning rate", "e.g. 0.003 for builtin:tiny, ~2e-4 for LoRA on a hub model.",
+        {"type": _NUMBER, "exclusiveMinimum": 0, "maximum": 1}),
+    "max_train_examples": FormField(
+        ("sft.max_train_examples",), "SFT training rows", "0 = all rows of the mixture.",
+        {"type": _INTEGER, "minimum": 0}),
+    "dpo_epochs": FormField(
+        ("dpo.epochs",), "DPO epochs", "Epochs of preference alignment.",
+        {"type": _NUMBER, "exclusiveMinimum": 0, "maximum": 100}),
+    "dpo_learning_rate": FormField(
+        ("dpo.learning_rate",), "DPO learning rate", "Learning rate of preference alignment.",
+        {"type": _NUMBER, "exclusiveMinimum": 0, "maximum": 1}),
+    "dpo_beta": FormField(
+        ("dpo.beta",), "DPO beta", "Strength of the pull towards the SFT (reference) model.",
+        {"type": _NUMBER, "exclusiveMinimum": 0, "maximum": 100}),
+    "snapshot_time": FormField(
+        ("data.snapshot_time",), "Data snapshot",
+        "The data snapshot instant, with a UTC offset (2026-11-01T00:00:00+00:00): later events are rejected.",
+        {"type": _STRING, "format": "date-time", "pattern": _ISO_INSTANT}, section="Data"),
+    "source_dir": FormField(
+        ("data.source_dir",), "Data source folder",
+        "What validation reads: data/generated or data/imported (relative to params.yaml).",
+        {"type": _STRING, "minLength": 1}, section="Data"),
+}
+OVERRIDES_FIELD = "overrides"
+
+
+def form_params(path: Path | str | None = None) -> dict[str, Any]:
+    """The DAG's params: one `Param` per form field (default null = params.yaml's value) plus `overrides`."""
+    from airflow.sdk import Param
+
+    current = _read_yaml(Path(path)) if path else {}
+    params: dict[str, Any] = {}
+    for name, spec in FORM.items():
+        value = _dotted(current, spec.keys[0])
+        note = f" Empty: params.yaml ({value})." if value is not None else " Empty: the params.yaml value."
+        params[name] = Param(None, title=spec.title, description=spec.description + note, section=spec.section,
+                             **spec.schema)
+    params[OVERRIDES_FIELD] = Param(
+        {}, type="object", title="Other params", section="Advanced",
+        description='Any other params.yaml key, dotted, as `leadre -S`: {"sft.batch_size": 8}. '
+                    "Checked against params.yaml's types when the first step starts.",
+        propertyNames={"pattern": r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$"})
+    return params
+
+
+def _dotted(tree: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = tree
+    for key in dotted.split("."):
+        if not isinstance(node, Mapping) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def overrides_from_params(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The run's form values → dotted params overrides; null fields are left to params.yaml."""
+    overrides: dict[str, Any] = {}
+    for name, spec in FORM.items():
+        value = values.get(name)
+        if value is None or value == "":
+            continue
+        for key in spec.keys:
+            overrides[key] = spec.params_value(value)
+    for key, value in dict(values.get(OVERRIDES_FIELD) or {}).items():
+        overrides[str(key)] = value
+    return overrides
+
+
+def cli_set_args(overrides: Mapping[str, Any]) -> list[str]:
+    """`-S key=value` pairs the `leadre` CLI parses back with yaml.safe_load to exactly these values."""
+    args: list[str] = []
+    for key, value in overrides.items():
+        text = yaml.safe_dump(value, default_flow_style=True, width=1 << 20).strip()
+        if text.endswith("\n..."):
+            text = text[: -len("\n...")]
+        elif text.endswith("..."):
+            text = text[: -len("...")].strip()
+        args += ["-S", f"{key}={text}"]
+    return args
+
+
+# ------------------------------------------------------------------------------------------------ local runner
+
+@contextmanager
+def _env(name: str, value: str | None):
+    old = os.environ.get(name)
+    if value is not None:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
+def run_local_step(step: str, default_params: Path | str) -> Any:
+    """The body of a local-runner task: `leadre.steps.run_step` (the CLI's and DVC's code) with the form's overrides.
+
+    LEADRE_RETRAIN_ID is the DAG run id, so every step's MLflow run nests under one parent run per retrain.
+    A params error or bad input data fails the task without retries: a second try would fail the same way.
+    """
+    from airflow.sdk import get_current_context
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from leadre.config import ConfigError
+    from leadre.steps import run_step
+
+    context = get_current_context()
+    overrides = overrides_from_params(context["params"])
+    path = params_file(default_params)
+    log.info("step %s: params %s, overrides %s, retrain %s", step, path, overrides or "none", context["run_id"])
+    try:
+        with _env(RETRAIN_ENV, context["run_id"]):
+            summary = run_step(step, path, overrides)
+    except ConfigError as err:
+        raise AirflowFailException(f"{step}: {err}") from err
+    except Exception as err:
+        if type(err).__name__ == "DataError":  # leadre.data.tables.DataError: bad input data, not a glitch
+            raise AirflowFailException(f"{step}: {err}") from err
+        raise
+    return jsonable(summary)
+
+
+def run_local_gate(default_params: Path | str) -> bool:
+    """The gate task (a short-circuit): runs the gate step, keeps its summary as XCom `summary`, returns `passed`."""
+    from airflow.sdk import get_current_context
+
+    summary = run_local_step(GATE, default_params)
+    passed = gate_passed(summary)
+    get_current_context()["ti"].xcom_push(key="summary", value=summary)
+    log.info("gate %s: %s", "passed" if passed else "did not pass (promote is skipped)", summary)
+    return passed
+
+
+def gate_passed(summary: Any) -> bool:
+    if not isinstance(summary, Mapping) or not isinstance(summary.get("passed"), bool):
+        raise ValueError(f"the gate's summary must carry a boolean 'passed', got {summary!r}")
+    return summary["passed"]
+
+
+def jsonable(value: Any) -> Any:
+    """A step summary as plain JSON (paths and timestamps as strings) for XCom."""
+    return json.loads(json.dumps(value, default=str))
+
+
+# ------------------------------------------------------------------------------------------------ kubernetes runner
+
+def pod_task_kwargs(step: str, settings: OrchestrationSettings, k8s_settings: Any = None) -> dict[str, Any]:
+    """`KubernetesPodOperator(task_id=step, **kwargs)` for one step: pods.pod_operator_kwargs plus what the DAG adds.
+
+    The form's overrides are known only when a run starts, so a pre-execute hook puts them into the pod's
+    arguments as `-S key=value` global options (before the subcommand, where the CLI reads them). The gate pod
+    runs `leadre gate --xcom /airflow/xcom/return.json` with do_xcom_push; its post-execute hook skips `promote`
+    unless the decision says passed.
+    """
+    from leadre.orchestration.pods import KubernetesRunnerSettings, pod_operator_kwargs
+
+    k8s_settings = k8s_settings or KubernetesRunnerSettings.from_env()
+    extra = GATE_POD_ARGS if step == GATE else ()
+    kwargs = pod_operator_kwargs(step, k8s_settings, extra_args=extra)
+    kwargs.update(step_task_kwargs(step, settings))
+    kwargs["do_xcom_push"] = step == GATE
+    kwargs["pre_execute"] = _ArgumentsHook(step, tuple(kwargs["arguments"]))
+    if step == GATE:
+        kwargs["post_execute"] = gate_pod_decision
+    return kwargs
+
+
+@dataclass(frozen=True)
+class _ArgumentsHook:
+    """pre_execute hook of a step pod: the form's overrides become `-S` options of the `leadre` command."""
+
+    step: str
+    arguments: tuple[str, ...]  # as built at parse time: a retry in the same process starts from these again
+
+    def __call__(self, context: Mapping[str, Any]) -> None:
+        task = context["task"]
+        task.arguments = pod_arguments(list(self.arguments), overrides_from_params(context["params"]))
+        log.info("step %s: pod runs leadre %s", self.step, " ".join(task.arguments))
+
+
+def pod_arguments(arguments: list[str], overrides: Mapping[str, Any]) -> list[str]:
+    """["--params", FILE, <subcommand...>] → ["--params", FILE, -S k=v ..., <subcommand...>]."""
+    if arguments[:1] != ["--params"] or len(arguments) < 3:
+        raise ValueError(f"expected ['--params', FILE, ...], got {arguments}")
+    return [*arguments[:2], *cli_set_args(overrides), *arguments[2:]]
+
+
+def gate_pod_decision(context: Mapping[str, Any], result: Any) -> None:
+    """post_execute hook of the gate pod: `result` is the decision the pod wrote to /airflow/xcom/return.json."""
+    from airflow.sdk import SkipMixin
+
+    passed = gate_passed(result)
+    if passed:
+        log.info("gate passed: %s", result)
+        return
+    log.info("gate did not pass, promote is skipped: %s", result)
+    ti, task = context["ti"], context["task"]
+    # the decision stays visible as the gate's XCom (skipping ends the task before Airflow pushes the result)
+    ti.xcom_push(key="return_value", value=result)
+    skipper = SkipMixin()
+    skipper.task_id = task.task_id  # records the skip in XCom, so clearing promote alone skips it again
+    skipper.skip(ti=ti, tasks=[t for t in task.get_direct_relatives(upstream=False) if t.task_id == PROMOTE])
+
+
+# ------------------------------------------------------------------------------------------------ callbacks
+
+def failure_report(context: Mapping[str, Any], default_params: Path | str | None = None) -> str:
+    """Where to look after a step failed: the try, the Airflow log, the MLflow runs and the step's files."""
+    ti = context.get("ti")
+    task = context.get("task")
+    step = getattr(ti, "task_id", None) or getattr(task, "task_id", "?")
+    run_id = context.get("run_id") or getattr(ti, "run_id", "?")
+    try_number = getattr(ti, "try_number", None)
+    max_tries = getattr(ti, "max_tries", None)
+    if max_tries is None and task is not None:
+        max_tries = getattr(task, "retries", 0)
+    tries = f"try {try_number} of {(max_tries or 0) + 1}" if try_number else "try ?"
+    log_url = getattr(ti, "log_url", None) or "(see the task log in the Airflow UI)"
+    error = context.get("exception")
+    path = params_file(default_params) if default_params or os.environ.get(PARAMS_ENV) else None
+    raw = _read_yaml(path) if path else {}
+    tracking = raw.get("tracking") or {}
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking.get("tracking_uri", "sqlite:///mlruns.db")
+    experiment = tracking.get("experiment", "leadre")
+    lines = [
+        f"LEADRE retrain step '{step}' failed ({tries}, DAG run {run_id}).",
+        f"  error:   {type(error).__name__}: {error}" if error is not None else "  error:   see the task log",
+        f"  log:     {log_url}",
+        f"  MLflow:  experiment '{experiment}' at {uri}: parent run 'retrain {run_id}', nested run '{step}' "
+        f"(filter: tags.`leadre.retrain_id` = '{run_id}')",
+    ]
+    files = step_files(step, raw, path)
+    if files:
+        lines.append(f"  files:   {', '.join(files)}")
+    if step in {"sft", "dpo"}:
+        lines.append(f"  resume:  checkpoints are kept; `leadre --params {path or 'params.yaml'} {step} --resume` "
+                     "continues from the last one")
+    if getattr(task, "task_type", type(task).__name__) == "KubernetesPodOperator":
+        lines.append(f"  pod:     kubectl get events -n <namespace> --field-selector involvedObject.kind=Pod; "
+                     f"pods are labelled leadre.io/step={step}")
+    lines.append(f"  rerun:   clear the task in the UI, or `leadre --params {path or 'params.yaml'} "
+                 f"{STEP_COMMANDS.get(step, step)}` by hand")
+    return "\n".join(lines)
+
+
+STEP_COMMANDS: Mapping[str, str] = {"validate": "data validate", "sids": "sids build", "prompts": "prompts build"}
+
+
+def step_files(step: str, raw: Mapping[str, Any], path: Path | None) -> list[str]:
+    section = raw.get(STEP_SECTION.get(step, step))
+    if not isinstance(section, Mapping):
+        return []
+    root = path.resolve().parent if path else Path(".")
+    found = []
+    for key, value in section.items():
+        if isinstance(value, str) and (key.endswith("_dir") or key.endswith("_file")):
+            target = Path(value) if Path(value).is_absolute() else root / value
+            found.append(str(target))
+    return found
+
+
+_DEFAULT_PARAMS: list[Path] = []
+
+
+def set_default_params(path: Path | str) -> None:
+    """The DAG file registers the params.yaml beside it, for the callbacks' messages."""
+    _DEFAULT_PARAMS[:] = [Path(path)]
+
+
+def on_step_failure(context: Mapping[str, Any]) -> None:
+    """on_failure_callback of every task: logs where to look. Never raises (a callback error hides the real one)."""
+    try:
+        log.error(failure_report(context, _DEFAULT_PARAMS[0] if _DEFAULT_PARAMS else None))
+    except Exception:  # pragma: no cover - defensive: the report is best effort
+        log.exception("could not build the failure report")
+
+
+def on_step_retry(context: Mapping[str, Any]) -> None:
+    """on_retry_callback: the same pointers, said as a warning (the step will be tried again after the back-off)."""
+    try:
+        report = failure_report(context, _DEFAULT_PARAMS[0] if _DEFAULT_PARAMS else None)
+        log.warning(report.replace(" failed (", " failed, will retry (", 1))
+    except Exception:  # pragma: no cover
+        log.exception("could not build the retry report")
+
+
+# ------------------------------------------------------------------------------------------------ one run, no scheduler
+
+def isolated_airflow_env(home: Path | str, dags_folder: Path | str, **extra: str) -> dict[str, str]:
+    """Environment for an Airflow process with its own AIRFLOW_HOME (SQLite metadata DB) and this DAGs folder.
+
+    Nothing of the caller's Airflow configuration leaks in (AIRFLOW__* variables are dropped), and the
+    LocalExecutor is kept small: the defaults start 32 workers.
+    """
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("AIRFLOW") and k not in {RUNNER_ENV, RETRIES_ENV, SCHEDULE_ENV, PARAMS_ENV,
+                                                          RETRAIN_ENV, "MLFLOW_TRACKING_URI"}}
+    # `airflow standalone` starts its components as `airflow ...` from PATH, and LocalExecutor workers start
+    # `python`: the interpreter running this (the venv) must come first on PATH.
+    bin_dir = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join([bin_dir, *[p for p in env.get("PATH", "").split(os.pathsep) if p and p != bin_dir]])
+    env.update({
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__PARALLELISM": "2",
+        "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "2",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+    })
+    env.update(extra)
+    return env
+
+
+# Run in a child process (Airflow fixes its configuration at import): one dag.test() run of the DAG, then the run's
+# and task instances' states and times from the metadata DB, as one JSON line prefixed with DAG_TEST_MARK.
+DAG_TEST_MARK = "LEADRE_DAG_TEST "
+DAG_TEST_SCRIPT = r"""
+import time
+started = time.time()
+import json, sys
+from airflow.dag_processing.dagbag import DagBag
+from airflow.models.dagrun import DagRun
+from airflow.models.taskinstance import TaskInstance
+from airflow.utils.session import create_session
+
+dags_folder, dag_id, conf = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+bag = DagBag(dags_folder)
+if bag.import_errors:
+    raise SystemExit(f"import errors: {bag.import_errors}")
+dag = bag.dags[dag_id]
+run = dag.test(run_conf=conf)
+finished = time.time()
+
+def iso(value):
+    return value.isoformat() if value is not None else None
+
+with create_session() as session:
+    dr = session.query(DagRun).filter(DagRun.dag_id == dag_id, DagRun.run_id == run.run_id).one()
+    tis = session.query(TaskInstance).filter(TaskInstance.dag_id == dag_id, TaskInstance.run_id == run.run_id).all()
+    result = {
+        "run_id": dr.run_id, "state": str(dr.state), "conf": dr.conf,
+        "start_date": iso(dr.start_date), "end_date": iso(dr.end_date),
+        "process_seconds": finished - started,
+        "tasks": {ti.task_id: {"state": str(ti.state), "try_number": ti.try_number, "start_date": iso(ti.start_date),
+                               "end_date": iso(ti.end_date), "duration": ti.duration} for ti in tis},
+    }
+print("LEADRE_DAG_TEST " + json.dumps(result), flush=True)
+"""
+
+
+def run_dag_test(home: Path | str, dags_folder: Path | str, conf: Mapping[str, Any] | None = None, *,
+                 env: Mapping[str, str] | None = None, timeout: float = 1800, python: str | None = None,
+                 log_file: Path | None = None) -> dict[str, Any]:
+    """`airflow db migrate` then one `dag.test(run_conf=conf)` in a child process; returns the run's summary.
+
+    The child's output goes to `log_file` (default: <home>/dag_test.log); a failure raises with its tail.
+    """
+    import subprocess
+
+    python = python or sys.executable
+    home = Path(home)
+    home.mkdir(parents=True, exist_ok=True)
+    log_file = log_file or home / "dag_test.log"
+    full_env = {**isolated_airflow_env(home, dags_folder), **(env or {})}
+    airflow = str(Path(python).with_name("airflow"))
+    with log_file.open("w", encoding="utf-8") as out:
+        migrate = subprocess.run([airflow, "db", "migrate"], env=full_env, stdout=out, stderr=subprocess.STDOUT,
+                                 timeout=600)
+        if migrate.returncode:
+            raise RuntimeError(f"airflow db migrate failed:\n{_tail(log_file)}")
+        child = subprocess.run([python, "-c", DAG_TEST_SCRIPT, str(dags_folder), DAG_ID, json.dumps(conf or {})],
+                               env=full_env, stdout=subprocess.PIPE, stderr=out, text=True, timeout=timeout)
+        out.write(child.stdout)
+    lines = [line for line in child.stdout.splitlines() if line.startswith(DAG_TEST_MARK)]
+    if child.returncode or not lines:
+        raise RuntimeError(f"dag.test exited {child.returncode}:\n{_tail(log_file)}")
+    return json.loads(lines[-1][len(DAG_TEST_MARK):])
+
+
+def _tail(path: Path, chars: int = 8000) -> str:
+    text = path.read_text(encoding="utf-8", errors="replace")
+    return text[-chars:]
