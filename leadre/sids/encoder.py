@@ -20,7 +20,6 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from leadre.config import ConfigError
 from leadre.io import atomic_dir

@@ -1,6 +1,6 @@
 import pytest
 
-from leadre.io import atomic_dir, atomic_file, write_json, read_json
+from leadre.io import atomic_dir, atomic_file, read_json, write_json
 
 
 def test_atomic_dir_replaces_on_success(tmp_path):

@@ -4,7 +4,6 @@ validated output is written (an existing one is left exactly as it was)."""
 from __future__ import annotations
 
 import hashlib
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path

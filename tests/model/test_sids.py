@@ -34,7 +34,12 @@ from leadre.sids.build import (
     run_build_sids,
 )
 from leadre.sids.encoder import EmbeddingCache, embed_texts, text_digests
-from leadre.sids.quantize import CODEBOOKS_FILE, RQVAE_WEIGHTS_FILE, ResidualKMeans, load_quantizer
+from leadre.sids.quantize import (
+    CODEBOOKS_FILE,
+    RQVAE_WEIGHTS_FILE,
+    ResidualKMeans,
+    load_quantizer,
+)
 from tests.conftest import write_params
 
 FAST_RQVAE = {"latent_dim": 16, "hidden_dim": 64, "epochs": 3, "learning_rate": 0.001, "commitment": 0.25,
