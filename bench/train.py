@@ -22,8 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _overrides(rows: int, out: Path) -> dict:
-    # evaluation is off on both sides: the comparison is the training loop, not what runs between epochs
-    common = {"max_train_examples": rows, "max_eval_examples": 0, "epochs": 1}
+    # one evaluation row (0 would mean all): the comparison is the training loop, not what runs between epochs
+    common = {"max_train_examples": rows, "max_eval_examples": 1, "epochs": 1}
     overrides = {f"{step}.{key}": value for step in ("sft", "dpo") for key, value in common.items()}
     for step in ("sft", "dpo"):
         overrides[f"{step}.out_dir"] = str(out / step / "model")

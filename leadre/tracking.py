@@ -26,11 +26,14 @@ RETRAIN_TAG = "leadre.retrain_id"
 STEP_TAG = "leadre.step"
 SQLITE_PREFIX = "sqlite:///"
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
+# The user's own setting, read once at import: MLflow writes the variable into os.environ whenever a tracking URI
+# is set (for child processes), so reading it later would return whichever store this process used last.
+USER_TRACKING_URI = os.environ.get(TRACKING_ENV)
 
 
 def tracking_uri(params: Params) -> str:
     """$MLFLOW_TRACKING_URI, else params' URI with a relative SQLite path resolved against the params folder."""
-    uri = os.environ.get(TRACKING_ENV) or params.tracking.tracking_uri
+    uri = USER_TRACKING_URI or params.tracking.tracking_uri
     if uri.startswith(SQLITE_PREFIX) and not uri.startswith(SQLITE_PREFIX + "/"):
         uri = SQLITE_PREFIX + str(params.path(uri[len(SQLITE_PREFIX):]).resolve())
     return uri
@@ -42,17 +45,16 @@ def configure(params: Params) -> str:
 
     mlflow.set_system_metrics_sampling_interval(params.tracking.system_metrics_seconds)
     uri = tracking_uri(params)
-    exported = os.environ.get(TRACKING_ENV)
     mlflow.set_tracking_uri(uri)
     # the registry follows the tracking store only until first use; a process that switches stores (tests, a
     # notebook comparing two workspaces) would register into the first one without this
     mlflow.set_registry_uri(uri)
     # MLflow also exports the URI to the environment for child processes; a child step must resolve its own
-    # params (or the user's own variable), so the environment is put back as it was
-    if exported is None:
+    # params (or the user's own variable), so the environment is put back as the user left it
+    if USER_TRACKING_URI is None:
         os.environ.pop(TRACKING_ENV, None)
     else:
-        os.environ[TRACKING_ENV] = exported
+        os.environ[TRACKING_ENV] = USER_TRACKING_URI
     experiment = mlflow.get_experiment_by_name(params.tracking.experiment)
     if experiment is not None:
         return experiment.experiment_id

@@ -14,6 +14,13 @@ from leadre.data.generate import run_generate
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _no_leaked_tracking_uri(monkeypatch):
+    """MLflow exports the last tracking URI set in this process to the environment; child processes a test starts
+    (dvc, airflow, the CLI) must resolve their own params' store, as they would from a user's shell."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
 def write_params(root: Path, overrides: dict | None = None) -> Params:
     """A params.yaml in `root`, from the repository's, at the tiny scale; paths resolve inside `root`."""
     raw = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))

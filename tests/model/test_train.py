@@ -85,27 +85,30 @@ def test_mlflow_has_one_parent_run_with_sft_and_dpo_nested(trained):
 
 
 def test_resume_after_a_kill_mid_epoch_continues_from_the_checkpoint(tmp_path, prepared_data):
-    params = prepared_workspace(tmp_path, prepared_data, {"sft.checkpoint_every_steps": 3, "sft.epochs": 1,
-                                                        "sft.max_train_examples": 240, "sft.batch_size": 4,
-                                                        "sft.early_stopping_patience": 0})
-    total_steps = 240 // 4
+    rows, batch = 400, 2
+    params = prepared_workspace(tmp_path, prepared_data, {"sft.checkpoint_every_steps": 5, "sft.epochs": 1,
+                                                        "sft.max_train_examples": rows, "sft.batch_size": batch,
+                                                        "sft.max_eval_examples": 4, "sft.early_stopping_patience": 0})
+    total_steps = rows // batch
+    checkpoints = params.path(params.sft.checkpoint_dir)
     command = [sys.executable, "-m", "leadre.cli", "--params", str(params.root / "params.yaml"), "sft"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoint = params.path(params.sft.checkpoint_dir) / "checkpoint-6" / "trainer_state.json"
     deadline = time.monotonic() + 300
-    while not checkpoint.exists() and first.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)  # let the trainer finish writing the checkpoint it has started
+    # the trainer writes trainer_state.json last, so its presence means a complete checkpoint: kill at once
+    while (not list(checkpoints.glob("checkpoint-*/trainer_state.json")) and first.poll() is None
+           and time.monotonic() < deadline):
+        time.sleep(0.02)
     first.send_signal(signal.SIGKILL)
     first.wait()
-    assert checkpoint.exists() and not params.path(params.sft.out_dir).exists(), "killed too late to test resume"
+    saved = sorted(int(p.parent.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*/trainer_state.json"))
+    assert saved and saved[-1] < total_steps, f"killed too late to test resume (checkpoints {saved})"
+    assert not params.path(params.sft.out_dir).exists()
 
     resumed = subprocess.run(command + ["--resume"], env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming from" in resumed.stderr and "checkpoint-" in resumed.stderr
-    state = json.loads((params.path(params.sft.checkpoint_dir) / f"checkpoint-{total_steps}" /
-                        "trainer_state.json").read_text())
+    assert f"resuming from {checkpoints / f'checkpoint-{saved[-1]}'}" in resumed.stderr
+    state = json.loads((checkpoints / f"checkpoint-{total_steps}" / "trainer_state.json").read_text())
     assert state["global_step"] == total_steps
     logged = [entry["step"] for entry in state["log_history"] if "loss" in entry]
     assert logged == sorted(logged) and logged[-1] <= total_steps
