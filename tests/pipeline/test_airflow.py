@@ -73,7 +73,8 @@ def champion_version(params_file: Path) -> Any:
     from leadre.config import load_params
     from leadre.tracking import tracking_uri
 
-    client = MlflowClient(tracking_uri=tracking_uri(load_params(params_file)))
+    uri = tracking_uri(load_params(params_file))
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)  # the registry URI would default to the process's
     try:
         return client.get_model_version_by_alias(registered_model_name(params_file), "champion")
     except MlflowException:
