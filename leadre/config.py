@@ -23,6 +23,7 @@ from pydantic import (
 
 PARAMS_ENV = "LEADRE_PARAMS"
 DEFAULT_PARAMS_FILE = "params.yaml"
+SQLITE_PREFIX = "sqlite:///"  # SQLAlchemy's form: three slashes then a relative path, four for an absolute one
 
 
 class ConfigError(ValueError):
@@ -380,6 +381,12 @@ class Params(_Section):
         """Resolve a params path against the folder params.yaml lives in, as DVC does."""
         relative = Path(relative)
         return relative if relative.is_absolute() else self.root / relative
+
+    def url(self, url: str) -> str:
+        """A store URL with a relative SQLite path (`sqlite:///x.db`) resolved like `path`; other URLs as they are."""
+        if url.startswith(SQLITE_PREFIX) and not url.startswith(SQLITE_PREFIX + "/"):
+            return SQLITE_PREFIX + str(self.path(url[len(SQLITE_PREFIX):]).resolve())
+        return url
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

@@ -24,7 +24,6 @@ from leadre.config import Params
 RETRAIN_ENV = "LEADRE_RETRAIN_ID"
 RETRAIN_TAG = "leadre.retrain_id"
 STEP_TAG = "leadre.step"
-SQLITE_PREFIX = "sqlite:///"
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
 # The user's own setting, read once at import: MLflow writes the variable into os.environ whenever a tracking URI
 # is set (for child processes), so reading it later would return whichever store this process used last.
@@ -33,10 +32,7 @@ USER_TRACKING_URI = os.environ.get(TRACKING_ENV)
 
 def tracking_uri(params: Params) -> str:
     """$MLFLOW_TRACKING_URI, else params' URI with a relative SQLite path resolved against the params folder."""
-    uri = USER_TRACKING_URI or params.tracking.tracking_uri
-    if uri.startswith(SQLITE_PREFIX) and not uri.startswith(SQLITE_PREFIX + "/"):
-        uri = SQLITE_PREFIX + str(params.path(uri[len(SQLITE_PREFIX):]).resolve())
-    return uri
+    return params.url(USER_TRACKING_URI or params.tracking.tracking_uri)
 
 
 def configure(params: Params) -> str:

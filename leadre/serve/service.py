@@ -9,22 +9,20 @@ and the service keeps serving the bundle it has and reports the failure on /read
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
-from leadre.config import Params
+from leadre.config import SQLITE_PREFIX, Params
 from leadre.serve.bundle import BundleError, ServingBundle, read_bundle
 from leadre.serve.settings import ServeSettings, admin_key_from_env
 
 STORE_URL_ENV = "LEADRE_STORE_URL"
-SQLITE_PREFIX = "sqlite:///"
 
 
 def store_url(params: Params) -> str:
     """$LEADRE_STORE_URL, else params' URL with a relative SQLite path resolved against the params folder."""
-    url = os.environ.get(STORE_URL_ENV) or params.serve.store_url
-    if url.startswith(SQLITE_PREFIX) and not url.startswith(SQLITE_PREFIX + "/"):
-        path = params.path(url[len(SQLITE_PREFIX):]).resolve()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        url = SQLITE_PREFIX + str(path)
+    url = params.url(os.environ.get(STORE_URL_ENV) or params.serve.store_url)
+    if url.startswith(SQLITE_PREFIX):
+        Path(url[len(SQLITE_PREFIX):]).parent.mkdir(parents=True, exist_ok=True)
     return url
 
 
