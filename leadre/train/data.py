@@ -6,6 +6,7 @@ completion only), DPO rows `prompt`/`chosen`/`rejected`. Other columns stay in t
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 from leadre.config import Params
@@ -36,10 +37,11 @@ def load_split(params: Params, dataset: str, split: str, columns: list[str], lim
     return rows.select(range(min(limit, len(rows)))) if limit else rows
 
 
-def corpus(rows, limit: int) -> list[str]:
-    """Texts the tiny model's tokenizer is trained on: prompts and responses of the first `limit` rows."""
-    texts: list[str] = []
+def corpus(rows, limit: int) -> Iterator[str]:
+    """Texts the tiny model's tokenizer is trained on: prompts and responses of the first `limit` rows.
+
+    A generator: only a tokenizer being trained reads it (not a hub model's, nor a resumed run's).
+    """
     for row in rows.select(range(min(limit, len(rows)))):
-        texts.extend(message["content"] for message in row["prompt"])
-        texts.extend(message["content"] for message in row["completion"])
-    return texts
+        yield from (message["content"] for message in row["prompt"])
+        yield from (message["content"] for message in row["completion"])

@@ -37,7 +37,6 @@ def run_dpo(params: Params, resume: bool = False) -> dict[str, Any]:
     train = load_split(params, "dpo", "train", DPO_COLUMNS, cfg.max_train_examples, cfg.seed)
     valid = load_split(params, "dpo", "valid", DPO_COLUMNS, cfg.max_eval_examples, cfg.seed)
     use_lora = common.lora_enabled(cfg.lora, params.model)
-    sid_ids = common.new_token_ids(tokenizer, sid_vocabulary(params.sids))
     args = DPOConfig(**common.trainer_arguments(cfg, has_eval=len(valid) > 0), beta=cfg.beta,
                      loss_type=[cfg.loss_type], run_name="dpo")
     inputs = {"prompts": params.path(params.prompts.out_dir), "sft_model": sft_dir}
@@ -48,9 +47,10 @@ def run_dpo(params: Params, resume: bool = False) -> dict[str, Any]:
                            "leadre.parameters": parameter_count(model)})
         # the SFT model's preference accuracy, before DPO changes the weights, is the figure DPO has to beat
         before = preference_accuracy(model, tokenizer, valid, cfg.batch_size) if len(valid) else {}
+        peft = (common.lora_config(cfg.lora, common.new_token_ids(tokenizer, sid_vocabulary(params.sids)),
+                                   common.tied(model)) if use_lora else None)
         trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=train,
-                             eval_dataset=valid if len(valid) else None, processing_class=tokenizer,
-                             peft_config=common.lora_config(cfg.lora, sid_ids, common.tied(model)) if use_lora else None)
+                             eval_dataset=valid if len(valid) else None, processing_class=tokenizer, peft_config=peft)
         started = time.perf_counter()
         result = trainer.train(resume_from_checkpoint=resume_from)
         seconds = time.perf_counter() - started

@@ -51,14 +51,15 @@ def run_sft(params: Params, resume: bool = False) -> dict[str, Any]:
     baseline = unigram_loss(tokenizer, train.filter(lambda row: row["task"] == "main"), valid) if len(valid) else None
     train = train.remove_columns("task")
     use_lora = common.lora_enabled(cfg.lora, params.model)
-    peft = common.lora_config(cfg.lora, common.new_token_ids(tokenizer, sid_tokens), common.tied(model))
+    peft = (common.lora_config(cfg.lora, common.new_token_ids(tokenizer, sid_tokens), common.tied(model))
+            if use_lora else None)
     args = SFTConfig(**common.trainer_arguments(cfg, has_eval=len(valid) > 0), run_name="sft",
                      completion_only_loss=cfg.completion_only_loss)
     args.output_dir = str(checkpoints)
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=train, eval_dataset=valid if len(valid) else None,
         processing_class=tokenizer,
-        peft_config=peft if use_lora else None,
+        peft_config=peft,
         callbacks=[EarlyStoppingCallback(cfg.early_stopping_patience)] if cfg.early_stopping_patience else None)
     inputs = {"prompts": params.path(params.prompts.out_dir), "sids": params.path(params.sids.out_dir)}
     with step_run(params, "sft", inputs) as run:
