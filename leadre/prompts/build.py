@@ -129,13 +129,13 @@ class PromptSources:
     tables: dict[str, pd.DataFrame]
     ad_sid: np.ndarray  # per ads row
     event_log: EventLog
-    texts_title: pd.Series
     catalogue: Catalogue
 
 
-def load_sources(params: Params) -> PromptSources:
+def load_sources(params: Params, tables: dict[str, pd.DataFrame] | None = None) -> PromptSources:
+    """From the validated tables (read here unless the caller already has them; their events frame is consumed)."""
     settings = params.prompts
-    tables = read_tables(params.path(params.data.validated_dir))
+    tables = read_tables(params.path(params.data.validated_dir)) if tables is None else tables
     sid_table = load_sid_table(params.path(params.sids.out_dir))
     ads = tables["ads"]
     ad_sid = pd.Series(sid_table["sid"].to_numpy(), index=sid_table["ad_id"]).reindex(ads["ad_id"])
@@ -154,7 +154,7 @@ def load_sources(params: Params) -> PromptSources:
     texts_sid = np.concatenate([ad_sid, texts_title.to_numpy()[len(ads):]])
     catalogue = Catalogue.build(tables["users"], texts_sid.tolist(), texts_title.tolist(), event_log_.actions,
                                 event_log_.categories, counter, settings.long_term_days)
-    return PromptSources(tables, ad_sid, event_log_, texts_title, catalogue)
+    return PromptSources(tables, ad_sid, event_log_, catalogue)
 
 
 def serving_prompts(params: Params, sources: PromptSources, user_ids: np.ndarray,

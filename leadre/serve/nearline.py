@@ -56,7 +56,7 @@ def run_nearline(params: Params) -> dict[str, Any]:
         log.warning("%s has no champion yet: near-line refresh skipped", params.registry.model_name)
         return {"skipped": f"{params.registry.model_name} has no champion yet", "users": 0}
     now = pd.Timestamp(params.data.snapshot_time)
-    tables = read_tables(params.path(params.data.validated_dir), ("ads", "events"))
+    tables = read_tables(params.path(params.data.validated_dir))
     ads, events = tables["ads"], tables["events"]
     live = serving_ads(params, ads, events, now)
 
@@ -67,9 +67,9 @@ def run_nearline(params: Params) -> dict[str, Any]:
     engaged = events[(events["domain"] == "ad") & events["user_id"].isin(users)]
     engaged_by_user = engaged.groupby("user_id")["object_id"].unique()
     exclude = [np.asarray(engaged_by_user.get(u, []), dtype=np.int64) for u in users] if cfg.exclude_engaged else None
-    del tables, events, recent
+    del events, recent
 
-    sources = load_sources(params)
+    sources = load_sources(params, tables)  # the same tables: the event log replaces the events frame
     recommender = LlmRecommender(champion.folder, params.generate, live_ad_ids=live["ad_id"].to_numpy())
     ecpm = pd.Series(live["ecpm"].to_numpy(), index=live["ad_id"])
     industry = pd.Series(live["industry"].to_numpy(), index=live["ad_id"])
