@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from leadre.config import GateParams, Params
-from leadre.evaluate.run import CANDIDATE
+from leadre.evaluate import CANDIDATE
 from leadre.io import read_json, write_json
 
 BASELINES = ("popularity", "itemknn", "sasrec")

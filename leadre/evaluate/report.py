@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from leadre.config import Params
+from leadre.evaluate import CANDIDATE
 
 HR_CURVE = "hr_at_k.csv"
 TRADEOFF = "tradeoff.csv"
@@ -54,7 +55,7 @@ def write_reports(params: Params, summary: dict[str, Any], out_dir: Path) -> Non
     (out_dir / "report.html").write_text(_html(params, summary, out_dir), encoding="utf-8")
 
 
-def findings(params: Params, methods: dict[str, dict[str, float]], candidate: str = "candidate") -> list[str]:
+def findings(params: Params, methods: dict[str, dict[str, float]], candidate: str = CANDIDATE) -> list[str]:
     """Plain sentences: who leads on the primary metric, and every baseline that beats the candidate on a metric."""
     primary = params.gate.primary_metric
     ranked = sorted(methods, key=lambda name: methods[name][primary], reverse=True)

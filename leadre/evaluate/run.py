@@ -18,6 +18,7 @@ import pandas as pd
 
 from leadre.config import Params
 from leadre.data.tables import read_tables
+from leadre.evaluate import CANDIDATE
 from leadre.evaluate import metrics as m
 from leadre.evaluate.baselines import (
     ItemKNN,
@@ -35,7 +36,6 @@ from leadre.train.model import set_cpu_threads
 
 log = logging.getLogger(__name__)
 
-CANDIDATE = "candidate"
 TRADEOFF_K = 10  # the list length the relevance/value trade-off is measured at (NDCG@10, eCPM of the top 10)
 
 
