@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-import yaml
 
-from leadre.config import ConfigError, Params, load_params
+from leadre.config import ConfigError, Params, load_params, parse_overrides
 
 app = typer.Typer(help="LEADRE Platform: train, evaluate, promote and serve an LLM ad recommender.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -45,12 +44,10 @@ def main(
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("great_expectations").setLevel(logging.WARNING)  # its INFO chatter buries our messages
     _State.params_file = params
-    _State.overrides = {}
-    for item in set_ or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--set")
-        _State.overrides[key] = yaml.safe_load(value)
+    try:
+        _State.overrides = parse_overrides(set_ or [])
+    except ConfigError as err:
+        raise typer.BadParameter(str(err), param_hint="--set") from None
 
 
 def current_params() -> Params:

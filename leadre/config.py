@@ -402,6 +402,17 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`KEY=VALUE` strings (as `leadre -S`) → {dotted key: YAML-parsed value}."""
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"expected KEY=VALUE, got {item!r}")
+        overrides[key] = yaml.safe_load(value)
+    return overrides
+
+
 def load_params(path: Path | str | None = None, overrides: dict[str, Any] | None = None) -> Params:
     """Load params.yaml (or $LEADRE_PARAMS) and apply dotted overrides such as {"world.scale": "1m"}."""
     path = Path(path or os.environ.get(PARAMS_ENV, DEFAULT_PARAMS_FILE))

@@ -6,8 +6,7 @@ import argparse
 import json
 import logging
 
-import yaml
-
+from leadre.config import parse_overrides
 from leadre.steps import RETRAIN_ORDER, run_step
 
 
@@ -17,10 +16,7 @@ def main() -> None:
     parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], help="KEY=VALUE override")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    overrides = {}
-    for item in args.overrides:
-        key, _, value = item.partition("=")
-        overrides[key] = yaml.safe_load(value)
+    overrides = parse_overrides(args.overrides)
     skipped: set[str] = set()
     for step in RETRAIN_ORDER:
         if step in skipped:
