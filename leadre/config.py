@@ -149,6 +149,7 @@ class PromptFeatures(_Section):
 class PromptParams(_Section):
     out_dir: Path
     holdout_days: int = Field(gt=0)
+    valid_user_share: float = Field(gt=0, le=1)
     horizon_days: int = Field(gt=0)
     max_train_cutoffs_per_user: int = Field(ge=1)
     min_history_events: int = Field(ge=1)

@@ -2,9 +2,13 @@
 
 Time split (no future event ever reaches a prompt):
 - test: cut-off at `snapshot - holdout_days`; targets are the user's ad engagements after it;
-- valid: cut-off `holdout_days` earlier; targets are engagements in the week before the test cut-off;
+- valid: cut-off `holdout_days` earlier; targets are engagements in the week before the test cut-off, for a
+  held-out share of users (`valid_user_share`);
 - train: cut-offs at a few of the user's earlier clicks (chosen at random, seeded); targets are the
-  engagements within `horizon_days` of the cut-off, never at or after the valid cut-off.
+  engagements within `horizon_days` of the cut-off, never at or after the test cut-off, and for held-out users
+  never at or after the valid cut-off. So the model knows the week before the test as well as the ID-based
+  baselines do (they learn from every engagement before the cut-off), and validation still scores targets no
+  training pair has seen.
 A prompt shows only events strictly before its cut-off. Intent-aware: the targets after one cut-off are grouped
 by the ad's industry (the intent), and each intent gets its own pair, whose response is the first ad the user
 engaged with in that intent; `all_targets` keeps every ad of the intent in the window for evaluation.
@@ -90,11 +94,17 @@ def select_pairs(log: EventLog, ad_industry: np.ndarray, snapshot_ms: int, param
     valid_cut = test_cut - params.holdout_days * MS_PER_DAY
     history = engaged - log.user_start[e_user]  # events before each engagement
 
+    # Held-out validation users: drawn from every user with an engagement, so the draw does not depend on the
+    # window it is used for; share 1 holds out everybody (train then ends at the valid cut-off for all).
+    active = np.unique(e_user)
+    held_out = np.zeros(len(log.user_start), dtype=bool)
+    held_out[active[rng.random(len(active)) < params.valid_user_share]] = True
+
     cut_users, cut_ts, cut_end, cut_split = [], [], [], []
     for split, start, end in ((1, valid_cut, test_cut), (2, test_cut, snapshot_ms)):
         users = np.unique(e_user[(e_ts >= start) & (e_ts < end)])
         enough = log.position(users, np.full(len(users), start)) - log.user_start[users] >= params.min_history_events
-        users = users[enough]
+        users = users[enough & held_out[users]] if split == 1 else users[enough]
         cut_users.append(users)
         cut_ts.append(np.full(len(users), start))
         cut_end.append(np.full(len(users), end))
@@ -102,7 +112,8 @@ def select_pairs(log: EventLog, ad_industry: np.ndarray, snapshot_ms: int, param
     # Train cut-offs: at earlier clicks with enough history, a few per user, chosen at random. Not at
     # conversions: the answer there would be the ad clicked moments before, teaching the model to echo.
     is_click = log.actions[log.action[engaged]] == "click_ad"
-    candidates = np.flatnonzero(is_click & (e_ts < valid_cut) & (history >= params.min_history_events))
+    train_end = np.where(held_out[e_user], valid_cut, test_cut)  # per engagement: its user's end of training
+    candidates = np.flatnonzero(is_click & (e_ts < train_end) & (history >= params.min_history_events))
     order = np.lexsort((rng.random(len(candidates)), e_user[candidates]))
     candidates = candidates[order]
     first_of_user = np.r_[True, e_user[candidates][1:] != e_user[candidates][:-1]]
@@ -111,7 +122,7 @@ def select_pairs(log: EventLog, ad_industry: np.ndarray, snapshot_ms: int, param
     candidates = np.unique(candidates)  # back in (user, time) order
     cut_users.append(e_user[candidates])
     cut_ts.append(e_ts[candidates])
-    cut_end.append(np.minimum(e_ts[candidates] + params.horizon_days * MS_PER_DAY, valid_cut))
+    cut_end.append(np.minimum(e_ts[candidates] + params.horizon_days * MS_PER_DAY, train_end[candidates]))
     cut_split.append(np.zeros(len(candidates), dtype=int))
     c_user, c_ts, c_end, c_split = (np.concatenate(x) for x in (cut_users, cut_ts, cut_end, cut_split))
 

@@ -97,9 +97,10 @@ def _write_sids(params: Params, sids: dict[int, str]) -> None:
 
 @pytest.fixture
 def micro(tmp_path) -> Params:
-    # a token bound wide enough for every micro event: these tests are about what a prompt says, not its cut
+    # a token bound wide enough for every micro event: these tests are about what a prompt says, not its cut;
+    # both users held out for validation, so each has a valid pair and trains only before the valid week
     params = write_params(tmp_path, {"prompts.aux_ratio": {"ad_to_sid": 0.5, "sid_to_text": 0.5, "titles_prompt": 1.0},
-                                     "prompts.max_prompt_tokens": 384})
+                                     "prompts.max_prompt_tokens": 384, "prompts.valid_user_share": 1.0})
     write_tables(micro_world(), params.path(params.data.generated_dir), {"source": "test"})
     run_validate(params)  # the micro world is itself valid data
     _write_sids(params, MICRO_SIDS)
@@ -179,6 +180,32 @@ def test_prompts_use_only_events_before_their_cut_off(tiny_prompts):
         joined = main.merge(engaged, left_on=["user_id", "target_ad_id"], right_on=["user_id", "object_id"])
         ok = joined[joined["ts"] >= joined["cutoff"]].groupby(["user_id", "cutoff", "target_ad_id"]).size()
         assert len(ok) == len(main)
+
+
+def test_training_reaches_the_test_cut_off_except_for_held_out_validation_users(tiny_prompts):
+    """Train pairs may use the valid week (as the ID baselines do at test time), but never a held-out user's, and
+    never anything at or after the test cut-off."""
+    p = tiny_prompts.prompts
+    test_cut = pd.Timestamp(tiny_prompts.data.snapshot_time) - pd.Timedelta(days=p.holdout_days)
+    valid_cut = test_cut - pd.Timedelta(days=p.holdout_days)
+    train, valid = _sft(tiny_prompts, "train"), _sft(tiny_prompts, "valid")
+    train = train[train["task"] == "main"]
+    held_out = set(valid["user_id"])
+    assert held_out and (valid["cutoff"] == valid_cut).all()
+    of_held_out = train["user_id"].isin(held_out)
+    assert (train.loc[of_held_out, "cutoff"] < valid_cut).all()
+    assert (train["cutoff"] < test_cut).all()
+    assert (train.loc[~of_held_out, "cutoff"] >= valid_cut).any()  # the others do train on the valid week
+    # every response is an engagement before the user's end of training
+    events = read_tables(tiny_prompts.path(tiny_prompts.data.validated_dir), ("events",))["events"]
+    engaged = events[events["action"].isin(["click_ad", "convert_ad"])]
+    joined = train.merge(engaged, left_on=["user_id", "target_ad_id"], right_on=["user_id", "object_id"])
+    end = np.where(joined["user_id"].isin(held_out), valid_cut, test_cut)
+    ok = joined[(joined["ts"] >= joined["cutoff"]) & (joined["ts"] < end)]
+    assert len(ok.groupby(["user_id", "cutoff", "target_ad_id"])) == len(train)
+    # about valid_user_share of the users with a valid-week engagement are held out, not all of them
+    in_valid_week = engaged[(engaged["ts"] >= valid_cut) & (engaged["ts"] < test_cut)]["user_id"].nunique()
+    assert 0.1 * in_valid_week < len(held_out) < 0.5 * in_valid_week
 
 
 def test_prompt_token_bound_holds_for_the_real_tokenizer(tiny_prompts):
