@@ -62,6 +62,9 @@ FAST_TRAINING = {
     "dpo.max_train_examples": 192, "dpo.max_eval_examples": 64, "dpo.epochs": 2, "dpo.learning_rate": 0.003,
     "dpo.batch_size": 16, "dpo.logging_steps": 5,
     "tracking.system_metrics_seconds": 1,
+    # the test models are far too small to split across threads, and a second thread on a shared CI box can only
+    # contend (torch slows ~20x when another process holds the other core)
+    "model.cpu_threads": 1,
     "evaluate.max_users": 60, "generate.beam_width": 20, "evaluate.baselines.sasrec.epochs": 5,
 }
 
