@@ -68,9 +68,9 @@ FAST_TRAINING = {
     # the tiny world has ~400 users: hold every valid-week user out, or DPO's held-out comparison gets a handful of
     # pairs and ties (0.625 vs 0.625 on 8 pairs at the default 0.25)
     "prompts.valid_user_share": 1.0,
-    # DPO's held-out gain needs the user's recent events: at the default 100 tokens (~1 event) it fell or tied in every DPO
-    # setting tried on this world (0.70 -> 0.64..0.70), at 160 tokens it rises. A known limit of the default,
-    # recorded in docs/training.md; the test keeps checking that DPO works where the prompt carries the history.
+    # DPO's held-out gain needs the user's recent events: at the default 100 tokens (~1 event) it fell or tied in
+    # every DPO setting tried on this world (0.70 -> 0.64..0.70), at 160 tokens it rises. A known limit of the
+    # default, recorded in docs/training.md; the test keeps checking that DPO works where the prompt has the history.
     "prompts.max_prompt_tokens": 160,
     "evaluate.max_users": 60, "generate.beam_width": 20, "evaluate.baselines.sasrec.epochs": 5,
 }
