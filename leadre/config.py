@@ -31,7 +31,8 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and ±inf are never a setting: a NaN threshold compares False both ways, so a gate built on it passes
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DataParams(_Section):
@@ -276,6 +277,12 @@ class BaselinesParams(_Section):
     sasrec: SasRecBaseline
 
 
+class BootstrapParams(_Section):
+    resamples: int = Field(ge=100)
+    confidence: float = Field(gt=0.5, lt=1)
+    seed: int
+
+
 class EvaluateParams(_Section):
     split: Literal["valid", "test"]
     candidate_dir: Path
@@ -290,6 +297,7 @@ class EvaluateParams(_Section):
     diversity_penalties: list[float]
     reports_dir: Path
     metrics_file: Path
+    bootstrap: BootstrapParams
     baselines: BaselinesParams
 
     @field_validator("ks")

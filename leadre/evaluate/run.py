@@ -20,6 +20,7 @@ from leadre.config import Params
 from leadre.data.tables import read_tables
 from leadre.evaluate import CANDIDATE
 from leadre.evaluate import metrics as m
+from leadre.evaluate.bootstrap import paired_lift
 from leadre.evaluate.baselines import (
     ItemKNN,
     ItemKNNParams,
@@ -81,11 +82,17 @@ def load_eval_set(params: Params) -> EvalSet:
         ads=tables["ads"].set_index("ad_id")[["industry", "ecpm", "created_at"]])
 
 
-def score_lists(params: Params, data: EvalSet, recommended: np.ndarray) -> dict[str, float]:
-    """Every metric of one method's lists: accuracy overall and by user/ad group, validity, coverage, value."""
+def score_lists(params: Params, data: EvalSet, recommended: np.ndarray,
+                per_user: dict[str, pd.DataFrame] | None = None, name: str = "") -> dict[str, float]:
+    """Every metric of one method's lists: accuracy overall and by user/ad group, validity, coverage, value.
+
+    `per_user[name]` receives the per-user accuracy rows, which the lift intervals resample.
+    """
     ev = params.evaluate
     ks = tuple(ev.ks)
     rows = m.per_row_metrics(recommended, data.relevant, ks)
+    if per_user is not None:
+        per_user[name] = rows
     out = {name: float(value) for name, value in rows.mean().items()}
     out["validity"] = m.validity(recommended, data.candidates)
     out["coverage"] = m.coverage(recommended, len(data.candidates))
@@ -114,6 +121,18 @@ def score_lists(params: Params, data: EvalSet, recommended: np.ndarray) -> dict[
     return out
 
 
+def lift_intervals(params: Params, per_user: dict[str, pd.DataFrame], methods: list[str],
+                   references: list[str]) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+    """lifts[method][reference][metric]: the paired bootstrap interval of method's relative lift over reference."""
+    boot = params.evaluate.bootstrap
+    metrics = sorted({"ndcg@10", "hr@10", params.gate.primary_metric} & set(next(iter(per_user.values())).columns))
+    return {method: {ref: {metric: paired_lift(per_user[method][metric].to_numpy(), per_user[ref][metric].to_numpy(),
+                                               boot.resamples, boot.confidence, boot.seed).as_dict()
+                           for metric in metrics}
+                     for ref in references if ref != method}
+            for method in methods}
+
+
 def _baselines(params: Params):
     b = params.evaluate.baselines
     return [Popularity(PopularityParams(**b.popularity.model_dump())), ItemKNN(ItemKNNParams(**b.itemknn.model_dump())),
@@ -132,6 +151,8 @@ def run_evaluate(params: Params) -> dict[str, Any]:
     methods: dict[str, dict[str, float]] = {}
     timings: dict[str, float] = {}
     tradeoff: list[dict[str, float]] = []
+    per_user: dict[str, pd.DataFrame] = {}
+    baseline_names: list[str] = []
     bundles = {CANDIDATE: params.path(ev.candidate_dir)}
     bundles.update({name: params.path(folder) for name, folder in ev.compare_dirs.items()})
     inputs = {"prompts": params.path(params.prompts.out_dir), "candidate_model": bundles[CANDIDATE]}
@@ -149,7 +170,7 @@ def run_evaluate(params: Params) -> dict[str, Any]:
             timings[name] = time.perf_counter() - started
             ids, _ = top_k(generated, k_max, data.exclude, data.ads["ecpm"], data.ads["industry"],
                            gen.value_weight, gen.diversity_penalty)
-            methods[name] = score_lists(params, data, ids)
+            methods[name] = score_lists(params, data, ids, per_user, name)
             if name == CANDIDATE:  # the value/diversity trade-off reuses the same beams: no extra generation
                 for weight in ev.value_weights:
                     for penalty in ev.diversity_penalties:
@@ -166,11 +187,13 @@ def run_evaluate(params: Params) -> dict[str, Any]:
             baseline.fit(data.engagements)
             ids = baseline.recommend(data.user_ids, k_max, data.candidates, data.exclude)
             timings[baseline.name] = time.perf_counter() - started
-            methods[baseline.name] = score_lists(params, data, ids)
+            methods[baseline.name] = score_lists(params, data, ids, per_user, baseline.name)
+            baseline_names.append(baseline.name)
+        lifts = lift_intervals(params, per_user, list(bundles), baseline_names + (["champion"] if champion else []))
 
         summary = {"split": ev.split, "users": int(len(data.user_ids)), "cutoff": str(data.cutoff),
                    "champion_version": champion.version if champion else None, "methods": methods,
-                   "seconds": timings, "tradeoff": tradeoff}
+                   "lifts": lifts, "seconds": timings, "tradeoff": tradeoff}
         from leadre.evaluate.report import write_reports
 
         out_dir = params.path(ev.reports_dir)
@@ -179,6 +202,10 @@ def run_evaluate(params: Params) -> dict[str, Any]:
                                                    for name, values in methods.items()})
         for name, values in methods.items():
             mlflow.log_metrics({f"{name}.{k.replace('@', '_at_')}": v for k, v in values.items()})
+        for name, by_reference in lifts.items():
+            mlflow.log_metrics({f"{name}.lift_over_{ref}.{metric.replace('@', '_at_')}.{end}": value[end]
+                                for ref, by_metric in by_reference.items() for metric, value in by_metric.items()
+                                for end in ("lift", "low", "high") if np.isfinite(value[end])})
         mlflow.log_artifacts(str(out_dir), artifact_path="evaluation")
         summary["run_id"] = run.info.run_id
     write_json(out_dir / "summary.json", summary)
