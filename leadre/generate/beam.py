@@ -45,6 +45,10 @@ class TokenTrie:
     max_token_id: int
     sids: Sequence[str]  # the S-ID of each index the search returns
     sid_length: int
+    # For per-prompt exclusions (host arrays: built once per batch, never on the device's hot path):
+    parent: np.ndarray  # int64 (n_nodes,): each node's parent (the root is its own)
+    leaf_count: np.ndarray  # int64 (n_nodes,): S-IDs below each node
+    sid_leaf: np.ndarray  # int64 (len(sids),): the leaf node of each S-ID index, -1 if it is not in the trie
 
     @classmethod
     def build(cls, arrays: TrieArrays, token_ids: TokenIds, sids: Sequence[str] | None = None) -> TokenTrie:
@@ -89,11 +93,41 @@ class TokenTrie:
         inner = arrays.depth < arrays.sid_length
         max_fanout = np.zeros(arrays.sid_length, dtype=np.int64)
         np.maximum.at(max_fanout, arrays.depth[inner], counts[inner])
+        leaf_count = (arrays.depth == arrays.sid_length).astype(np.int64)
+        for depth in reversed(range(1, arrays.sid_length + 1)):
+            at = np.flatnonzero(arrays.depth == depth)
+            np.add.at(leaf_count, parent[at], leaf_count[at])
+        sid_leaf = np.full(len(sids), -1, dtype=np.int64)
+        sid_leaf[leaf_sid[leaves]] = leaves
         return cls(offsets=torch.from_numpy(arrays.offsets.astype(np.int64)),
                    child_token_ids=torch.from_numpy(ids[edge_vocab]),
                    child_nodes=torch.from_numpy(arrays.child_nodes.astype(np.int64)),
                    leaf_sid=torch.from_numpy(leaf_sid), max_fanout=tuple(max_fanout.tolist()),
-                   max_token_id=int(ids.max()), sids=sids, sid_length=arrays.sid_length)
+                   max_token_id=int(ids.max()), sids=sids, sid_length=arrays.sid_length,
+                   parent=parent, leaf_count=leaf_count, sid_leaf=sid_leaf)
+
+    def blocked(self, excluded: Sequence[np.ndarray]) -> torch.Tensor:
+        """Sorted keys `row · n_nodes + node` of the nodes whose every S-ID is excluded for prompt `row`.
+
+        `excluded[row]` holds S-ID indices (into `sids`). A blocked node is never expanded, so no beam is spent on a
+        prefix that can only end in an excluded ad: the search returns the best not-yet-engaged ads, as many as it
+        has beams, rather than filtering afterwards and returning a shorter list.
+        """
+        n_nodes = len(self.parent)
+        if not sum(len(e) for e in excluded):
+            return torch.empty(0, dtype=torch.long)
+        rows = np.repeat(np.arange(len(excluded), dtype=np.int64), [len(e) for e in excluded])
+        leaves = self.sid_leaf[np.concatenate([np.asarray(e, dtype=np.int64) for e in excluded])]
+        pairs = np.unique(rows[leaves >= 0] * n_nodes + leaves[leaves >= 0])  # an S-ID excluded twice counts once
+        rows, node = pairs // n_nodes, pairs % n_nodes
+        keys = []
+        for _ in range(self.sid_length + 1):  # the leaf, then each ancestor up to the root
+            keys.append(rows * n_nodes + node)
+            node = self.parent[node]
+        # a node is blocked when the excluded S-IDs below it are all the S-IDs below it
+        key, excluded_below = np.unique(np.concatenate(keys), return_counts=True)
+        full = excluded_below == self.leaf_count[key % n_nodes]
+        return torch.from_numpy(key[full])
 
     def to(self, device: torch.device | str) -> TokenTrie:
         if self.offsets.device == torch.device(device):
@@ -170,11 +204,12 @@ def select_rows(cache: Cache, rows: torch.Tensor) -> None:
 
 
 def search_batch(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, trie: TokenTrie,
-                 beam_width: int, constrained: bool = True) -> Beams:
+                 beam_width: int, constrained: bool = True, blocked: torch.Tensor | None = None) -> Beams:
     """Beam search for one left-padded batch: (prompts, length) ids and mask, on the model's device.
 
     Unconstrained, each beam's candidates are its `beam_width` most likely tokens (no more of them can survive),
-    and the trie only labels the final sequences.
+    and the trie only labels the final sequences. `blocked` (from `TokenTrie.blocked`, rows of this batch) are trie
+    nodes a prompt may not enter: its excluded ads.
     """
     prompts, device = input_ids.shape[0], input_ids.device
     trie = trie.to(device)
@@ -199,6 +234,9 @@ def search_batch(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask
         if constrained:
             cand_tokens, cand_nodes, valid = trie.children(nodes.flatten(), depth)
             cand_scores = (logits.gather(1, cand_tokens) - normaliser).masked_fill_(~valid, DEAD)
+            if blocked is not None and blocked.numel():
+                owner = torch.arange(prompts, device=device).repeat_interleave(beams)[:, None]
+                cand_scores.masked_fill_(torch.isin(owner * len(trie.parent) + cand_nodes, blocked), DEAD)
         else:
             top = logits.topk(min(beam_width, logits.shape[-1]), dim=-1)
             cand_tokens, cand_scores = top.indices, top.values - normaliser
@@ -247,10 +285,12 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_token_id: int,
 
 def constrained_beam_search(model: torch.nn.Module, prompt_ids: Sequence[Sequence[int]], trie: TokenTrie,
                             beam_width: int, num_return: int, batch_size: int, pad_token_id: int,
-                            constrained: bool = True) -> list[list[tuple[int, float]]]:
+                            constrained: bool = True,
+                            exclude: Sequence[np.ndarray] | None = None) -> list[list[tuple[int, float]]]:
     """For each prompt, its best `num_return` (S-ID index into `trie.sids`, sequence log-prob), best first.
 
-    Constrained, these are distinct live S-IDs (fewer when the trie has fewer). Unconstrained (the baseline), a
+    Constrained, these are distinct live S-IDs, none of them in the prompt's `exclude` (S-ID indices), and fewer only
+    when the trie has fewer such S-IDs. Unconstrained (the baseline), a
     sequence that is not a live S-ID comes back as NOT_A_SID and may repeat. Prompts are batched by length so
     little of a batch is padding. The model runs as it is: put it in eval mode first.
     """
@@ -260,6 +300,8 @@ def constrained_beam_search(model: torch.nn.Module, prompt_ids: Sequence[Sequenc
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if any(len(p) == 0 for p in prompt_ids):
         raise ValueError("every prompt needs at least one token")
+    if exclude is not None and (not constrained or len(exclude) != len(prompt_ids)):
+        raise ValueError("exclude needs constrained search and one array of S-ID indices per prompt")
     device = next(model.parameters()).device
     trie = trie.to(device)
 
@@ -269,7 +311,8 @@ def constrained_beam_search(model: torch.nn.Module, prompt_ids: Sequence[Sequenc
         for start in range(0, len(by_length), batch_size):
             chunk = by_length[start:start + batch_size]
             ids, mask = left_pad([prompt_ids[i] for i in chunk], pad_token_id, device)
-            beams = search_batch(model, ids, mask, trie, beam_width, constrained)
+            blocked = trie.blocked([exclude[i] for i in chunk]).to(device) if exclude is not None else None
+            beams = search_batch(model, ids, mask, trie, beam_width, constrained, blocked)
             scores = beams.scores[:, :num_return].cpu().tolist()
             index = beams.sid_index[:, :num_return].cpu().tolist()
             for i, row_scores, row_index in zip(chunk, scores, index):

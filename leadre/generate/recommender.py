@@ -57,6 +57,7 @@ class LlmRecommender:
         if live.empty:
             raise ValueError(f"{bundle}: no live ad has an S-ID, nothing can be recommended")
         self.ad_ids = live["ad_id"].to_numpy(np.int64)
+        self._by_ad_id = np.argsort(self.ad_ids, kind="stable")
         sids = live["sid"].tolist()
         self.trie = TokenTrie.build(SidTrie.from_sids(sids).to_arrays(), self.tokenizer.convert_tokens_to_ids,
                                     sids=sids).to(self.device)
@@ -66,13 +67,27 @@ class LlmRecommender:
                  for p in prompts]
         return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
 
-    def generate(self, prompts: list[list[dict]], beam_width: int | None = None) -> Generated:
+    def sid_indices(self, ad_ids: np.ndarray) -> np.ndarray:
+        """Rows of the live S-ID table for these ad ids; ads that are not live have none and are dropped."""
+        ad_ids = np.asarray(ad_ids, dtype=np.int64)
+        at = np.searchsorted(self.ad_ids, ad_ids, sorter=self._by_ad_id).clip(max=len(self.ad_ids) - 1)
+        rows = self._by_ad_id[at]
+        return rows[self.ad_ids[rows] == ad_ids]
+
+    def generate(self, prompts: list[list[dict]], beam_width: int | None = None,
+                 exclude: list[np.ndarray] | None = None) -> Generated:
+        """Each prompt's best `beam_width` live ads; with `exclude` (ad ids per prompt), none of those ads.
+
+        Exclusion happens inside the search, so a list is as long as the beam whenever that many other live ads
+        exist, rather than cut short by filtering the beams afterwards.
+        """
         from leadre.generate.beam import constrained_beam_search
 
         width = beam_width or self.settings.beam_width
+        excluded = [self.sid_indices(e) for e in exclude] if exclude is not None else None
         found = constrained_beam_search(self.model, self.prompt_ids(prompts), self.trie, beam_width=width,
                                         num_return=width, batch_size=self.settings.batch_size,
-                                        pad_token_id=self.tokenizer.pad_token_id)
+                                        pad_token_id=self.tokenizer.pad_token_id, exclude=excluded)
         return Generated(ad_ids=[self.ad_ids[np.array([i for i, _ in row], dtype=np.int64)] for row in found],
                          logprobs=[np.array([s for _, s in row], dtype=np.float64) for row in found])
 

@@ -101,6 +101,48 @@ def test_results_are_live_distinct_sorted(sids, prompts, beam_width, data):
 
 
 @FAST
+@given(sids=sid_sets(), prompts=prompt_lists, beam_width=st.integers(1, 6), data=st.data())
+def test_excluded_ads_never_come_back_and_lists_stay_full(sids, prompts, beam_width, data):
+    """Exclusion inside the search: a list holds min(beams, S-IDs not excluded) fresh S-IDs, never an excluded one."""
+    trie = token_trie(sids)
+    exclude = [np.array(data.draw(st.lists(st.integers(0, len(sids) - 1), max_size=len(sids))), dtype=np.int64)
+               for _ in prompts]
+    results = constrained_beam_search(tiny_model(), prompts, trie, beam_width, beam_width, len(prompts), PAD,
+                                      exclude=exclude)
+    for hits, excluded in zip(results, exclude):
+        found = [index for index, _ in hits]
+        assert not set(found) & set(excluded.tolist())
+        assert len(found) == len(set(found)) == min(beam_width, len(sids) - len(set(excluded.tolist())))
+
+
+def test_exclusion_keeps_the_scores_of_the_ads_left():
+    """With a beam per leaf, excluding ads changes nothing about the others: same S-IDs, same log-probs."""
+    sids = [format_sid(c) for c in [(0, 0, 0), (0, 0, 1), (0, 1, 0), (1, 0, 0), (1, 1, 1), (2, 0, 0)]]
+    trie = token_trie(sids)
+    prompt = [[5, 17, 33]]
+    full = dict(constrained_beam_search(tiny_model(), prompt, trie, len(sids), len(sids), 1, PAD)[0])
+    excluded = np.array([0, 1, 5])  # all of the (0, 0) branch, and a whole first-level branch
+    kept = dict(constrained_beam_search(tiny_model(), prompt, trie, len(sids), len(sids), 1, PAD,
+                                        exclude=[excluded])[0])
+    assert kept.keys() == full.keys() - set(excluded.tolist())
+    for index, score in kept.items():
+        assert score == pytest.approx(full[index], abs=SCORE_TOLERANCE)
+
+
+def test_blocked_nodes_are_prefixes_with_nothing_left():
+    sids = [format_sid(c) for c in [(0, 0, 0), (0, 0, 1), (0, 1, 0), (1, 0, 0)]]
+    trie = token_trie(sids)
+    n_nodes = len(trie.parent)
+    blocked = set(trie.blocked([np.array([0, 1]), np.array([3]), np.array([], dtype=np.int64)]).tolist())
+    rows = {}
+    for key in blocked:
+        rows.setdefault(key // n_nodes, set()).add(key % n_nodes)
+    # prompt 0: two leaves and their shared (0, 0) prefix; prompt 1: the leaf and both its inner ancestors
+    assert len(rows[0]) == 3 and len(rows[1]) == 3 and 2 not in rows
+    assert 0 not in rows[0] and 0 not in rows[1]  # the root still leads somewhere
+
+
+@FAST
 @given(sids=sid_sets(), prompts=prompt_lists)
 def test_exact_when_beams_cover_the_trie(sids, prompts):
     """With a beam per leaf nothing is pruned: every S-ID comes back with its brute-force log-prob."""
