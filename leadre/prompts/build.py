@@ -196,6 +196,7 @@ def run_build_prompts(params: Params) -> dict:
             for name, n in result["rows"].items():
                 rows[name] = rows.get(name, 0) + n
         tokens = {split: [t for r in results for t in r["tokens"][split]] for split in SPLITS}
+        events = {split: [e for r in results for e in r["events"][split]] for split in SPLITS}
         intent_counts = np.sum([r["intents"] for r in results], axis=0) if results else np.zeros(len(intents))
         aux = _Writers(tmp, "aux")
         try:
@@ -205,11 +206,11 @@ def run_build_prompts(params: Params) -> dict:
             aux.close()
         for name, n in aux.rows.items():
             rows[name] = rows.get(name, 0) + n
-        card = _card(rows, tokens, intent_counts, intents, settings, time.perf_counter() - started)
+        card = _card(rows, tokens, events, intent_counts, intents, settings)
         write_json(tmp / "card.json", card)
         (tmp / "README.md").write_text(_card_markdown(card), encoding="utf-8")
     _log_to_mlflow(card)
-    log.info("prompts: %s in %.1fs", card["counts"], card["seconds"])
+    log.info("prompts: %s in %.1fs", card["counts"], time.perf_counter() - started)
     return card
 
 
@@ -233,20 +234,23 @@ def _build_chunk(ctx: _Context, chunk: int, pairs: Pairs) -> dict:
     rng = np.random.default_rng([ctx.settings.seed, chunk])
     writers = _Writers(ctx.out, f"{chunk:05d}")
     tokens = {split: [] for split in SPLITS}
+    events = {split: [] for split in SPLITS}
     intent_counts = np.zeros(len(ctx.intents), dtype=np.int64)
     try:
         shown = render(ctx.log, ctx.catalogue, pairs.user, pairs.cutoff, ctx.settings)
-        _write_main(writers, pairs, shown, ctx.ad_sid, ctx.ad_ids, ctx.user_ids, ctx.intents, tokens, intent_counts)
+        _write_main(writers, pairs, shown, ctx.ad_sid, ctx.ad_ids, ctx.user_ids, ctx.intents, tokens, events,
+                    intent_counts)
         _write_titles_prompt(writers, pairs, ctx.log, ctx.catalogue, ctx.settings, ctx.ad_sid, ctx.ad_ids,
                              ctx.user_ids, ctx.intents, rng)
         _write_dpo(writers, pairs, shown, ctx.ads, ctx.ad_sid, ctx.ad_ids, ctx.user_ids, ctx.intents, ctx.settings,
                    rng)
     finally:
         writers.close()
-    return {"rows": writers.rows, "tokens": tokens, "intents": intent_counts}
+    return {"rows": writers.rows, "tokens": tokens, "events": events, "intents": intent_counts}
 
 
-def _write_main(writers, pairs: Pairs, shown: Rendered, ad_sid, ad_ids, user_ids, intents, tokens, intent_counts):
+def _write_main(writers, pairs: Pairs, shown: Rendered, ad_sid, ad_ids, user_ids, intents, tokens, events,
+                intent_counts):
     for code, split in enumerate(SPLITS):
         index = np.flatnonzero(pairs.split == code)
         if len(index) == 0:
@@ -265,6 +269,7 @@ def _write_main(writers, pairs: Pairs, shown: Rendered, ad_sid, ad_ids, user_ids
             "main", _messages(shown.user_message.take(pa.array(index))), _answers(ad_sid[part.target_ad]),
             **columns))
         tokens[split].append(shown.tokens[index])
+        events[split].append(shown.events_shown[index])
         if split == "train":
             np.add.at(intent_counts, part.intent, 1)
 
@@ -328,16 +333,22 @@ def _write_aux(writers, ads: pd.DataFrame, ad_sid, n_main: int, settings, rng):
             all_target_ad_ids=_id_lists(np.arange(n + 1), chosen["ad_id"].to_numpy())))
 
 
-def _card(rows: dict, tokens: dict, intent_counts, intents, settings, seconds: float) -> dict:
+def _card(rows: dict, tokens: dict, events: dict, intent_counts, intents, settings) -> dict:
+    """The dataset card's numbers. No wall times or paths: the card is inside a DVC output, hashed with it."""
     lengths = {split: np.concatenate(parts) if parts else np.zeros(0) for split, parts in tokens.items()}
     percentiles = {split: ({f"p{q}": int(np.percentile(v, q)) for q in (50, 90, 99)} | {"max": int(v.max())}
                            if len(v) else {}) for split, v in lengths.items()}
+    shown = {split: np.concatenate(parts) if parts else np.zeros(0) for split, parts in events.items()}
+    # how much of the short-term facet survives the token bound: the share of prompts left with no recent event
+    recent = {split: {"none_share": round(float((v == 0).mean()), 4), "p10": int(np.percentile(v, 10)),
+                      "p50": int(np.percentile(v, 50)), "p90": int(np.percentile(v, 90))} if len(v) else {}
+              for split, v in shown.items()}
     total = max(int(intent_counts.sum()), 1)
     distribution = {str(intents[i]): round(int(intent_counts[i]) / total, 4) for i in np.argsort(-intent_counts)
                     if intent_counts[i] > 0}
     return {"counts": dict(sorted(rows.items())),
             "prompt_tokens": percentiles, "max_prompt_tokens": settings.max_prompt_tokens,
-            "train_intent_share": distribution, "seconds": round(seconds, 2)}
+            "recent_events": recent, "train_intent_share": distribution}
 
 
 def _card_markdown(card: dict) -> str:
@@ -354,6 +365,10 @@ def _card_markdown(card: dict) -> str:
               "| split | p50 | p90 | p99 | max |", "|---|---:|---:|---:|---:|"]
     lines += [f"| {s} | {p.get('p50', '')} | {p.get('p90', '')} | {p.get('p99', '')} | {p.get('max', '')} |"
               for s, p in card["prompt_tokens"].items()]
+    lines += ["", "Recent events the main task's prompts keep (the short-term facet, after the token bound):", "",
+              "| split | none | p10 | p50 | p90 |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {s} | {r['none_share']:.1%} | {r['p10']} | {r['p50']} | {r['p90']} |"
+              for s, r in card["recent_events"].items() if r]
     lines += ["", "Intents of the train pairs:", "", "| intent | share |", "|---|---:|"]
     lines += [f"| {i} | {share:.1%} |" for i, share in card["train_intent_share"].items()]
     return "\n".join(lines) + "\n"
@@ -369,3 +384,5 @@ def _log_to_mlflow(card: dict) -> None:
     mlflow.log_metrics({f"prompts.rows.{k.replace('/', '.')}": v for k, v in card["counts"].items()})
     for split, p in card["prompt_tokens"].items():
         mlflow.log_metrics({f"prompts.tokens.{split}.{k}": v for k, v in p.items()})
+    for split, r in card["recent_events"].items():
+        mlflow.log_metrics({f"prompts.recent_events.{split}.{k}": v for k, v in r.items()})

@@ -4,14 +4,18 @@ All string work happens in pyarrow's vectorised kernels on whole chunks of pairs
 A prompt is one user message (no system message: a constant one would be stored millions of times and
 teach nothing); it looks like this:
 
-    Profile: gender: female; age: 47; residence: Shanghai/Jing'an; education: bachelor; occupation: teacher
-    Long-term interests (last 30 days): finance/credit_card:12, money:9, emotion:7
-    Recent behaviour, oldest first: 3d'click_ad'<a_3><b_1><c_7><d_0>, 20h'play_video'Budget travel | part 4, 35m'search'best hoodie
-    Which ad will this user engage with next? Answer with the ad's semantic ID.
+    Profile: female, 47, Shanghai/Jing'an, bachelor, teacher
+    Interests (30 days): finance/credit_card:12, money:9, emotion:7
+    Recent: 3d click <a_3><b_1><c_7><d_0>; 20h watch Budget travel | part 4; 35m search best hoodie
+    Which ad next?
 
-`3d'click_ad'<a_3>…` is `<how long before the cut-off>'<action>'<object>`: ads as semantic IDs (or as titles,
-for the text-alignment task), contents as titles, searches as the query text. When the prompt would exceed
-`max_prompt_tokens`, the oldest recent events are dropped first.
+`3d click <a_3>…` is `<how long before the cut-off> <action> <object>`: ads as semantic IDs (or as titles, for
+the text-alignment task), contents as titles, searches as the query text. The notation is compact on purpose: the
+token budget (`max_prompt_tokens`) is what a CPU-trained model can afford, and every label, quote or long action
+name it spends on is an event of the short-term facet it does not see (the first, verbose notation left the recent
+behaviour empty in half the training prompts). Profile values come in PROFILE_FIELDS order, without labels. Events
+are separated by "; " because content titles contain commas. When the prompt would exceed `max_prompt_tokens`,
+the oldest recent events are dropped first.
 """
 
 from __future__ import annotations
@@ -28,9 +32,13 @@ from leadre.data.contracts import ACTIONS_BY_DOMAIN
 from leadre.prompts.pairs import MS_PER_DAY, EventLog, _expand
 from leadre.prompts.tokens import TokenCounter
 
-INSTRUCTION = "Which ad will this user engage with next? Answer with the ad's semantic ID."
+INSTRUCTION = "Which ad next?"
 PROFILE_FIELDS = ("gender", "age", "residence", "education", "occupation")
-EVENT_SEPARATOR, FIELD_SEPARATOR = ", ", "'"
+PROFILE_SEPARATOR, INTEREST_SEPARATOR, EVENT_SEPARATOR, FIELD_SEPARATOR = ", ", ", ", "; ", " "
+# Action names as the prompt writes them: one short word each (the event log's names cost 3 tokens apiece).
+ACTION_WORDS = {"play_video": "watch", "read_article": "read", "click_ad": "click", "convert_ad": "convert",
+                "search": "search"}
+SECTION_LABELS = {"profile": "Profile: ", "long_term": "Interests ({days} days): ", "short_term": "Recent: "}
 MAX_AGO_DAYS = 999
 
 
@@ -69,19 +77,17 @@ class Catalogue:
               categories: np.ndarray, counter: TokenCounter, long_term_days: int) -> Catalogue:
         ago = _ago_labels()
         profile_columns = [users[f].astype(object).where(users[f].notna(), "unknown").astype(str) for f in PROFILE_FIELDS]
-        parts = []
-        for name, column in zip(PROFILE_FIELDS, profile_columns):
-            parts += [pa.scalar(f"{'; ' if parts else ''}{name}: "), pa.array(column.to_numpy(), pa.string())]
-        profiles = pc.binary_join_element_wise(*parts, "")
-        # A profile's tokens: its labels and separators once, plus each field's value (few distinct values).
-        template = "; ".join(f"{name}: " for name in PROFILE_FIELDS)
-        profile_tokens = int(counter.count([template])[0]) + sum(counter.count(c.tolist()) for c in profile_columns)
-        fixed = "\n".join(["Profile: ", f"Long-term interests (last {long_term_days} days): ",
-                           "Recent behaviour, oldest first: ", INSTRUCTION])
+        profiles = pc.binary_join_element_wise(*[pa.array(c.to_numpy(), pa.string()) for c in profile_columns],
+                                               PROFILE_SEPARATOR)
+        # A profile's tokens: its separators once, plus each field's value (few distinct values).
+        separators = PROFILE_SEPARATOR * (len(PROFILE_FIELDS) - 1)
+        profile_tokens = int(counter.count([separators])[0]) + sum(counter.count(c.tolist()) for c in profile_columns)
+        fixed = "\n".join([*(label.format(days=long_term_days) for label in SECTION_LABELS.values()), INSTRUCTION])
+        action_words = np.array([ACTION_WORDS.get(a, a) for a in actions.astype(str)], dtype=object)
         return cls(
             object_as_sid=pa.array(objects_sid, pa.string()), object_as_title=pa.array(objects_title, pa.string()),
             object_tokens_sid=counter.count(objects_sid), object_tokens_title=counter.count(objects_title),
-            actions=pa.array(actions.astype(str)), action_tokens=counter.count(actions.astype(str).tolist()),
+            actions=pa.array(action_words.tolist(), pa.string()), action_tokens=counter.count(action_words.tolist()),
             categories=pa.array(categories.astype(str)), category_tokens=counter.count(categories.astype(str).tolist()),
             ago=pa.array(ago), ago_tokens=counter.count(ago), profiles=profiles,
             profile_tokens=np.asarray(profile_tokens, dtype=np.int32),
@@ -130,7 +136,7 @@ def render(log: EventLog, catalogue: Catalogue, users: np.ndarray, cutoffs: np.n
     top_cat, top_n = top[shown], np.minimum(top_counts[shown], len(catalogue.number_tokens) - 1)
     items = pc.binary_join_element_wise(catalogue.categories.take(pa.array(top_cat)),
                                         pc.cast(pa.array(top_n), pa.string()), ":")
-    long_term = _join_groups(items, top_owner, n, EVENT_SEPARATOR)
+    long_term = _join_groups(items, top_owner, n, INTEREST_SEPARATOR)
     long_term_tokens = np.bincount(top_owner, weights=catalogue.category_tokens[top_cat]
                                    + catalogue.number_tokens[top_n] + 2, minlength=n)  # ":" and ","
 
@@ -146,7 +152,7 @@ def render(log: EventLog, catalogue: Catalogue, users: np.ndarray, cutoffs: np.n
     ago = ago_codes(cutoffs[st_owner] - log.ts[st_event])
     object_tokens = catalogue.object_tokens_sid if ads_as == "sid" else catalogue.object_tokens_title
     cost = (catalogue.ago_tokens[ago] + catalogue.action_tokens[log.action[st_event]]
-            + object_tokens[log.obj[st_event]] + 3).astype(np.int64)  # two field separators and the comma
+            + object_tokens[log.obj[st_event]] + 1).astype(np.int64)  # the ";" before the next event
     running = np.cumsum(cost)
     group_last = np.cumsum(np.bincount(st_owner, minlength=n)) - 1
     newest_first = running[group_last[st_owner]] - running + cost  # tokens of this event and all newer ones
@@ -161,12 +167,12 @@ def render(log: EventLog, catalogue: Catalogue, users: np.ndarray, cutoffs: np.n
     # Sections an ablation switches off are left out, headers included, so the model sees no trace of them.
     sections = []
     if features.profile:
-        sections += [pa.scalar("Profile: "), catalogue.profiles.take(pa.array(users)), pa.scalar("\n")]
+        sections += [pa.scalar(SECTION_LABELS["profile"]), catalogue.profiles.take(pa.array(users)), pa.scalar("\n")]
     if features.long_term:
-        sections += [pa.scalar(f"Long-term interests (last {params.long_term_days} days): "), long_term,
+        sections += [pa.scalar(SECTION_LABELS["long_term"].format(days=params.long_term_days)), long_term,
                      pa.scalar("\n")]
     if features.short_term:
-        sections += [pa.scalar("Recent behaviour, oldest first: "), short_term, pa.scalar("\n")]
+        sections += [pa.scalar(SECTION_LABELS["short_term"]), short_term, pa.scalar("\n")]
     message = pc.binary_join_element_wise(*sections, pa.scalar(INSTRUCTION), "")
     profile_tokens = catalogue.profile_tokens[users] if features.profile else 0
     tokens = (catalogue.fixed_tokens + profile_tokens + long_term_tokens

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -79,13 +80,13 @@ MICRO_SIDS = {1000000001: "<a_1><b_2><c_3><d_0>", 1000000002: "<a_4><b_0><c_1><d
               1000000003: "<a_1><b_2><c_5><d_0>", 1000000004: "<a_4><b_0><c_2><d_0>"}
 
 GOLDEN_TEST_PROMPT = (
-    "Profile: gender: female; age: 34; residence: Shenzhen/Nanshan; education: bachelor; occupation: software engineer\n"
-    "Long-term interests (last 30 days): ecommerce/electronics:4, finance/credit_card:2, money:1, tech:1\n"
-    "Recent behaviour, oldest first: 23d'play_video'Earbuds comparison, explained in 5 steps, "
-    "22d'search'best wireless earbuds, 21d'click_ad'<a_1><b_2><c_3><d_0>, 19d'read_article'Budget planner | part 3, "
-    "14d'click_ad'<a_1><b_2><c_5><d_0>, 14d'convert_ad'<a_1><b_2><c_5><d_0>, 4d'search'cashback card, "
-    "3d'click_ad'<a_4><b_0><c_1><d_0>\n"
-    "Which ad will this user engage with next? Answer with the ad's semantic ID."
+    "Profile: female, 34, Shenzhen/Nanshan, bachelor, software engineer\n"
+    "Interests (30 days): ecommerce/electronics:4, finance/credit_card:2, money:1, tech:1\n"
+    "Recent: 23d watch Earbuds comparison, explained in 5 steps; "
+    "22d search best wireless earbuds; 21d click <a_1><b_2><c_3><d_0>; 19d read Budget planner | part 3; "
+    "14d click <a_1><b_2><c_5><d_0>; 14d convert <a_1><b_2><c_5><d_0>; 4d search cashback card; "
+    "3d click <a_4><b_0><c_1><d_0>\n"
+    "Which ad next?"
 )
 
 
@@ -133,11 +134,11 @@ def test_feature_ablations_drop_exactly_their_facet(tmp_path):
     test = _sft(params, "test")
     prompt = test[test["user_id"] == 1]["prompt"].iloc[0][0]["content"]
     assert prompt == (
-        "Long-term interests (last 30 days): ecommerce/electronics:4, finance/credit_card:2\n"
-        "Recent behaviour, oldest first: 22d'search'best wireless earbuds, 21d'click_ad'<a_1><b_2><c_3><d_0>, "
-        "14d'click_ad'<a_1><b_2><c_5><d_0>, 14d'convert_ad'<a_1><b_2><c_5><d_0>, 4d'search'cashback card, "
-        "3d'click_ad'<a_4><b_0><c_1><d_0>\n"
-        "Which ad will this user engage with next? Answer with the ad's semantic ID.")
+        "Interests (30 days): ecommerce/electronics:4, finance/credit_card:2\n"
+        "Recent: 22d search best wireless earbuds; 21d click <a_1><b_2><c_3><d_0>; "
+        "14d click <a_1><b_2><c_5><d_0>; 14d convert <a_1><b_2><c_5><d_0>; 4d search cashback card; "
+        "3d click <a_4><b_0><c_1><d_0>\n"
+        "Which ad next?")
 
 
 def test_splits_follow_time(micro):
@@ -237,7 +238,7 @@ def test_auxiliary_tasks_follow_their_ratios(tiny_prompts):
     assert counts["sid_to_text"] == round(ratio.sid_to_text * counts["main"])
     assert abs(counts["titles_prompt"] / counts["main"] - ratio.titles_prompt) < 0.1
     titles = train[train["task"] == "titles_prompt"]["prompt"].map(lambda p: p[0]["content"])
-    assert not titles.str.contains("'click_ad'<a_").any()  # ads written as titles, not S-IDs
+    assert not titles.str.contains("click <a_").any()  # ads written as titles, not S-IDs
 
 
 def _hashes(folder) -> dict[str, str]:
@@ -272,3 +273,19 @@ def test_an_ad_without_semantic_id_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match=r"every validated ad has a semantic ID.*sids assign.*row 3: ad_id=1000000003"):
         run_build_prompts(params)
     assert not params.path(params.prompts.out_dir).exists()
+
+
+def test_card_reports_the_recent_events_kept_and_the_default_keeps_several(tmp_path, tiny_world):
+    """The short-term facet must reach the model: at the default token bound most prompts keep several events."""
+    params = write_params(tmp_path)  # the repository's default prompt settings, at the tiny scale
+    shutil.copytree(tiny_world, params.path(params.data.generated_dir))
+    run_validate(params)
+    ads = read_tables(params.path(params.data.validated_dir), ("ads",))["ads"]
+    # 5-token S-IDs, as the default codebooks make them
+    _write_sids(params, {a: f"<a_{i % 7}><b_{i // 7 % 7}><c_{i // 49}><d_0><e_0>" for i, a in enumerate(ads["ad_id"])})
+    card = run_build_prompts(params)
+    for split in ("train", "test"):
+        recent = card["recent_events"][split]
+        assert recent["none_share"] < 0.05 and recent["p50"] >= 3, (split, recent)
+    readme = (params.path(params.prompts.out_dir) / "README.md").read_text(encoding="utf-8")
+    assert "Recent events the main task's prompts keep" in readme
