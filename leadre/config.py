@@ -319,12 +319,21 @@ class RegistryParams(_Section):
     model_name: str
 
 
+class FusionParams(_Section):
+    channel: Literal["itemknn"]
+    llm_weight: float = Field(ge=0)
+    channel_weight: float = Field(ge=0)
+    rank_constant: float = Field(ge=0)
+    depth: int = Field(ge=1)
+
+
 class NearlineParams(_Section):
     active_days: int = Field(gt=0)
     max_users: int = Field(ge=0)
     top_n: int = Field(ge=1)
     users_per_batch: int = Field(ge=1)
     exclude_engaged: bool
+    fusion: bool
 
 
 class ServeParams(_Section):
@@ -378,6 +387,7 @@ class Params(_Section):
     dpo: DpoParams
     tracking: TrackingParams
     generate: GenerateParams
+    fusion: FusionParams
     evaluate: EvaluateParams
     gate: GateParams
     registry: RegistryParams

@@ -38,6 +38,7 @@ from leadre.train.model import set_cpu_threads
 log = logging.getLogger(__name__)
 
 TRADEOFF_K = 10  # the list length the relevance/value trade-off is measured at (NDCG@10, eCPM of the top 10)
+FUSION = "fusion"  # the candidate's lists merged with the `fusion.channel` baseline's: a row of its own
 
 
 @dataclass
@@ -140,6 +141,7 @@ def _baselines(params: Params):
 
 
 def run_evaluate(params: Params) -> dict[str, Any]:
+    from leadre.generate.fusion import fuse
     from leadre.generate.recommender import LlmRecommender, top_k
     from leadre.registry.models import champion_bundle
     from leadre.tracking import step_run
@@ -163,14 +165,17 @@ def run_evaluate(params: Params) -> dict[str, Any]:
         if champion is not None:
             bundles["champion"] = champion.folder
             mlflow.set_tag("leadre.champion_version", champion.version)
+        llm_lists: dict[str, np.ndarray] = {}
         for name, folder in bundles.items():
             started = time.perf_counter()
             recommender = LlmRecommender(folder, gen)
-            generated = recommender.generate(data.prompts)
+            generated = recommender.generate(data.prompts, beam_width=max(gen.beam_width, k_max),
+                                             exclude=data.exclude)
             timings[name] = time.perf_counter() - started
-            ids, _ = top_k(generated, k_max, data.exclude, data.ads["ecpm"], data.ads["industry"],
-                           gen.value_weight, gen.diversity_penalty)
-            methods[name] = score_lists(params, data, ids, per_user, name)
+            ids, _ = top_k(generated, max(gen.beam_width, k_max), data.exclude, data.ads["ecpm"],
+                           data.ads["industry"], gen.value_weight, gen.diversity_penalty)
+            llm_lists[name] = ids
+            methods[name] = score_lists(params, data, ids[:, :k_max], per_user, name)
             if name == CANDIDATE:  # the value/diversity trade-off reuses the same beams: no extra generation
                 for weight in ev.value_weights:
                     for penalty in ev.diversity_penalties:
@@ -182,14 +187,19 @@ def run_evaluate(params: Params) -> dict[str, Any]:
                         tradeoff.append({"value_weight": weight, "diversity_penalty": penalty,
                                          "ndcg@10": point["ndcg@10"], "mean_ecpm": point["mean_ecpm"],
                                          "industry_diversity": point["industry_diversity"]})
+        channel_lists: dict[str, np.ndarray] = {}
         for baseline in _baselines(params):
             started = time.perf_counter()
             baseline.fit(data.engagements)
-            ids = baseline.recommend(data.user_ids, k_max, data.candidates, data.exclude)
+            ids = baseline.recommend(data.user_ids, max(k_max, params.fusion.depth), data.candidates, data.exclude)
             timings[baseline.name] = time.perf_counter() - started
-            methods[baseline.name] = score_lists(params, data, ids, per_user, baseline.name)
+            channel_lists[baseline.name] = ids
+            methods[baseline.name] = score_lists(params, data, ids[:, :k_max], per_user, baseline.name)
             baseline_names.append(baseline.name)
-        lifts = lift_intervals(params, per_user, list(bundles), baseline_names + (["champion"] if champion else []))
+        fused, _ = fuse(llm_lists[CANDIDATE], channel_lists[params.fusion.channel], k_max, params.fusion)
+        methods[FUSION] = score_lists(params, data, fused, per_user, FUSION)
+        lifts = lift_intervals(params, per_user, [*bundles, FUSION],
+                               baseline_names + (["champion"] if champion else []))
 
         summary = {"split": ev.split, "users": int(len(data.user_ids)), "cutoff": str(data.cutoff),
                    "champion_version": champion.version if champion else None, "methods": methods,

@@ -36,6 +36,13 @@ def serving_ads(params: Params, ads: pd.DataFrame, events: pd.DataFrame, now: pd
                          "expires_at": live["expires_at"].to_numpy()})
 
 
+def _fusion_channel(params: Params, events: pd.DataFrame, now: pd.Timestamp):
+    """The ID-based channel the near-line job fuses with the LLM's lists, fitted on ad engagements before now."""
+    from leadre.evaluate.baselines import ItemKNN, ItemKNNParams, ad_engagements
+
+    return ItemKNN(ItemKNNParams(**params.evaluate.baselines.itemknn.model_dump())).fit(ad_engagements(events, now))
+
+
 def run_nearline(params: Params) -> dict[str, Any]:
     from leadre.data.tables import read_tables
     from leadre.generate.recommender import LlmRecommender, top_k
@@ -67,6 +74,7 @@ def run_nearline(params: Params) -> dict[str, Any]:
     engaged = events[(events["domain"] == "ad") & events["user_id"].isin(users)]
     engaged_by_user = engaged.groupby("user_id")["object_id"].unique()
     exclude = [np.asarray(engaged_by_user.get(u, []), dtype=np.int64) for u in users] if cfg.exclude_engaged else None
+    channel = _fusion_channel(params, events, now) if cfg.fusion else None
     del events, recent
 
     sources = load_sources(params, tables)  # the same tables: the event log replaces the events frame
@@ -78,9 +86,16 @@ def run_nearline(params: Params) -> dict[str, Any]:
 
     for start in tqdm(range(0, len(users), cfg.users_per_batch), desc="near-line", unit="batch"):
         batch = users[start:start + cfg.users_per_batch]
-        generated = recommender.generate(serving_prompts(params, sources, batch, now))
-        ids, scores = top_k(generated, cfg.top_n, exclude[start:start + len(batch)] if exclude else None, ecpm,
-                            industry, params.generate.value_weight, params.generate.diversity_penalty)
+        batch_exclude = exclude[start:start + len(batch)] if exclude else None
+        generated = recommender.generate(serving_prompts(params, sources, batch, now),
+                                         beam_width=max(params.generate.beam_width, cfg.top_n), exclude=batch_exclude)
+        ids, scores = top_k(generated, cfg.top_n, batch_exclude, ecpm, industry, params.generate.value_weight,
+                            params.generate.diversity_penalty)
+        if channel is not None:  # merged retrieval: the LLM's lists fused with the ID channel's
+            from leadre.generate.fusion import fuse
+
+            other = channel.recommend(batch, params.fusion.depth, live["ad_id"].to_numpy(np.int64), batch_exclude)
+            ids, scores = fuse(ids, other, cfg.top_n, params.fusion)
         for user, row_ids, row_scores in zip(batch, ids, scores):
             keep = row_ids >= 0
             rows.append((int(user), row_ids[keep], row_scores[keep]))

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from leadre.evaluate.run import CANDIDATE, load_eval_set, run_evaluate
+from leadre.evaluate.run import CANDIDATE, FUSION, load_eval_set, run_evaluate
 from leadre.generate.recommender import LlmRecommender, top_k
 from leadre.sids.build import load_sid_table
 
@@ -28,7 +28,7 @@ def evaluated(trained, tmp_path_factory):
 def test_every_method_is_scored_on_the_same_users(evaluated):
     params, summary = evaluated
     methods = summary["methods"]
-    assert set(methods) == {CANDIDATE, "sft", "popularity", "itemknn", "sasrec"}
+    assert set(methods) == {CANDIDATE, "sft", "popularity", "itemknn", "sasrec", FUSION}
     for name, values in methods.items():
         for k in params.evaluate.ks:
             assert 0.0 <= values[f"hr@{k}"] <= 1.0 and 0.0 <= values[f"ndcg@{k}"] <= values[f"hr@{k}"] + 1e-9
@@ -38,6 +38,21 @@ def test_every_method_is_scored_on_the_same_users(evaluated):
     assert summary["users"] == params.evaluate.max_users
     saved = json.loads(params.path(params.evaluate.metrics_file).read_text())
     assert saved[CANDIDATE]["ndcg@10"] == pytest.approx(methods[CANDIDATE]["ndcg@10"], abs=1e-6)
+
+
+def test_every_llm_row_carries_paired_lift_intervals_over_every_baseline(evaluated):
+    params, summary = evaluated
+    methods, lifts = summary["methods"], summary["lifts"]
+    assert set(lifts) == {CANDIDATE, "sft", FUSION}
+    for name, by_reference in lifts.items():
+        assert set(by_reference) == {"popularity", "itemknn", "sasrec"}
+        for reference, by_metric in by_reference.items():
+            lift = by_metric["ndcg@10"]
+            assert lift["confidence"] == params.evaluate.bootstrap.confidence
+            if methods[reference]["ndcg@10"] > 0:
+                assert lift["low"] <= lift["lift"] <= lift["high"]
+                expected = methods[name]["ndcg@10"] / methods[reference]["ndcg@10"] - 1
+                assert lift["lift"] == pytest.approx(expected, rel=1e-6)
 
 
 def test_report_files_are_written_and_name_where_baselines_lead(evaluated):
@@ -62,15 +77,19 @@ def test_value_weight_trades_relevance_for_ecpm_and_penalty_adds_diversity(evalu
     assert at_zero["industry_diversity"].iloc[-1] >= at_zero["industry_diversity"].iloc[0]
 
 
-def test_recommendations_are_live_distinct_and_never_already_engaged(trained):
+def test_recommendations_are_k_live_distinct_ads_never_already_engaged(trained):
+    """Exclusion happens inside the search: every list is full (K fresh live ads) whenever that many exist."""
     params, _, _ = trained
     data = load_eval_set(params)
     recommender = LlmRecommender(params.path(params.evaluate.candidate_dir), params.generate)
-    generated = recommender.generate(data.prompts[:20])
-    ids, scores = top_k(generated, 10, data.exclude[:20], data.ads["ecpm"], data.ads["industry"], 0.0, 0.0)
+    k = params.generate.beam_width
+    generated = recommender.generate(data.prompts[:20], exclude=data.exclude[:20])
+    ids, scores = top_k(generated, k, data.exclude[:20], data.ads["ecpm"], data.ads["industry"], 0.0, 0.0)
     live = set(load_sid_table(params.path(params.sids.out_dir)).query("live")["ad_id"])
+    assert any(len(e) for e in data.exclude[:20]), "no user with history: the test would prove nothing"
     for row, excluded in zip(ids, data.exclude[:20]):
         shown = row[row >= 0]
         assert set(shown) <= live and len(set(shown)) == len(shown)
         assert not set(shown) & set(excluded)
+        assert len(shown) == min(k, len(live - set(excluded)))
     assert np.all(np.diff(scores, axis=1)[np.isfinite(scores[:, 1:])] <= 1e-9), "lists are not sorted by score"
