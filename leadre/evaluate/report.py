@@ -71,6 +71,40 @@ def findings(params: Params, methods: dict[str, dict[str, float]], candidate: st
     return lines
 
 
+def lift_verdict(lift: dict[str, float]) -> str:
+    """A lift interval in words: a difference inside the noise is a tie."""
+    if any(lift[end] != lift[end] for end in ("lift", "low", "high")):  # NaN: undefined
+        return "undefined"
+    if lift["low"] > 0:
+        return "ahead"
+    if lift["high"] < 0:
+        return "behind"
+    return "tie"
+
+
+def _lift_table(summary: dict[str, Any]) -> str:
+    lifts = summary.get("lifts") or {}
+    if not lifts:
+        return ""
+    references = sorted({ref for by_ref in lifts.values() for ref in by_ref})
+    metrics = ("ndcg@10", "hr@10")
+    confidence = next(iter(next(iter(next(iter(lifts.values())).values())).values()))["confidence"]
+    header = "".join(f"<th>{html.escape(f'{metric} vs {ref}')}</th>" for ref in references for metric in metrics)
+    rows = []
+    for method, by_ref in lifts.items():
+        cells = []
+        for ref in references:
+            for metric in metrics:
+                lift = by_ref.get(ref, {}).get(metric)
+                cells.append("<td></td>" if lift is None else
+                             f"<td>{1 + lift['lift']:.3f}× [{1 + lift['low']:.3f}, {1 + lift['high']:.3f}] "
+                             f"{lift_verdict(lift)}</td>")
+        rows.append(f"<tr><td>{html.escape(method)}</td>{''.join(cells)}</tr>")
+    return (f"<h2>Lift over each reference ({confidence:.0%} paired bootstrap interval over users)</h2>"
+            f"<p>Ratio of means and its interval; \"tie\" when the interval holds 1×.</p>"
+            f"<table><tr><th>method</th>{header}</tr>{''.join(rows)}</table>")
+
+
 def _image(path: Path) -> str:
     if not path.exists():
         return ""
@@ -94,6 +128,7 @@ td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}}td:first-child{{t
 same candidates (live ads) and exclusions for every method. Champion version:
 {html.escape(str(summary['champion_version']))}.</p>
 <h2>Findings</h2><ul>{notes}</ul>
+{_lift_table(summary)}
 <h2>Metrics</h2><table><tr>{header}</tr>{body}</table>
 <h2>Plots</h2>{_image(out_dir / 'hr_at_k.png')}{_image(out_dir / 'tradeoff.png')}
 </body></html>

@@ -43,3 +43,12 @@ def test_same_seed_same_interval():
     rng = np.random.default_rng(2)
     a, b = rng.random(200), rng.random(200)
     assert paired_lift(a, b, 300, seed=4) == paired_lift(a, b, 300, seed=4)
+
+
+def test_verdict_calls_an_interval_holding_zero_a_tie():
+    from leadre.evaluate.report import lift_verdict
+
+    assert lift_verdict({"lift": 0.02, "low": -0.01, "high": 0.05}) == "tie"
+    assert lift_verdict({"lift": 0.12, "low": 0.03, "high": 0.2}) == "ahead"
+    assert lift_verdict({"lift": -0.1, "low": -0.2, "high": -0.01}) == "behind"
+    assert lift_verdict({"lift": math.nan, "low": math.nan, "high": math.nan}) == "undefined"

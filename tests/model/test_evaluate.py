@@ -62,6 +62,7 @@ def test_report_files_are_written_and_name_where_baselines_lead(evaluated):
     assert len(curve) == len(summary["methods"]) * len(params.evaluate.ks)
     page = (out / "report.html").read_text()
     assert "<img" in page and "Findings" in page
+    assert "paired bootstrap interval" in page and "ndcg@10 vs itemknn" in page
     methods = summary["methods"]
     for name in methods:
         if name != CANDIDATE and methods[name]["ndcg@10"] > methods[CANDIDATE]["ndcg@10"]:
