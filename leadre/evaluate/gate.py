@@ -3,14 +3,19 @@
 The reference is the champion scored in the same evaluation run (same users, split and candidates); with no
 champion yet, the best baseline on the primary metric. The candidate passes when
 - every recommended ad is a live ad (validity 100%): a hard rule, whatever the reference;
-- its primary metric ≥ reference × (1 + `min_relative_lift`);
+- the LOW end of the paired bootstrap interval of its primary metric's relative lift over the reference (from the
+  evaluation's summary) is above `min_relative_lift`: a lift that could be noise is no lift;
 - no guardrail metric drops by more than its allowed relative share.
+Anything the decision rests on that is missing or NaN fails it, with a reason: a gate that cannot tell, says no.
 Whatever the decision, the candidate is registered as a model version under the `challenger` alias, with the
-decision and metrics as tags; only `leadre promote` moves `champion`, and only after a pass.
+decision and metrics as tags; only `leadre promote` moves `champion`, and only a version whose tag says it passed.
 """
 
 from __future__ import annotations
 
+import json
+import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -18,6 +23,7 @@ from typing import Any
 from leadre.config import GateParams, Params
 from leadre.evaluate import CANDIDATE
 from leadre.io import read_json, write_json
+from leadre.registry.models import GATE_PASSED_TAG, GATE_REASONS_TAG
 
 BASELINES = ("popularity", "itemknn", "sasrec")
 
@@ -31,63 +37,133 @@ class Decision:
     candidate_value: float
     reference_value: float
     relative_lift: float | None
+    # the paired bootstrap interval of relative_lift; None when the evaluation has none (the gate then fails)
+    lift_low: float | None = None
+    lift_high: float | None = None
+    confidence: float | None = None
+    min_relative_lift: float = 0.0
     reasons: list[str] = field(default_factory=list)
     guardrails: dict[str, dict[str, float]] = field(default_factory=dict)
     challenger_version: str | None = None
     decided_at: str = ""
+
+    def fail(self, reason: str) -> None:
+        self.passed = False
+        self.reasons.append(reason)
 
 
 def relative_change(new: float, old: float) -> float | None:
     return None if old == 0 else (new - old) / old
 
 
-def decide(methods: dict[str, dict[str, float]], gate: GateParams) -> Decision:
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _reference(methods: dict[str, dict[str, float]], primary: str) -> tuple[str, str, list[str]]:
+    """(reference, kind, names of baselines whose primary metric is not a number: the best cannot be told)."""
+    if "champion" in methods:
+        return "champion", "champion", []
+    present = [b for b in BASELINES if b in methods]
+    if not present:
+        raise ValueError("no champion and no baseline to compare the candidate with")
+    for b in present:
+        if primary not in methods[b]:
+            raise ValueError(f"gate.primary_metric {primary!r} is missing from the {b} baseline's metrics")
+    undefined = [b for b in present if not _finite(methods[b][primary])]
+    comparable = [b for b in present if b not in undefined] or present
+    return max(comparable, key=lambda b: methods[b][primary]), "baseline", undefined
+
+
+def _interval(lifts: Mapping[str, Any], reference: str, primary: str) -> dict[str, float] | None:
+    """The candidate's lift interval over `reference`, or None when the summary has none in the expected shape."""
+    found = lifts.get(CANDIDATE, {}).get(reference, {}).get(primary) if isinstance(lifts, Mapping) else None
+    if not isinstance(found, Mapping) or any(key not in found for key in ("lift", "low", "high", "confidence")):
+        return None
+    return {key: found[key] for key in ("lift", "low", "high", "confidence")}
+
+
+def decide(methods: dict[str, dict[str, float]], lifts: Mapping[str, Any], gate: GateParams) -> Decision:
+    """The decision from an evaluation's `methods` (metric values) and `lifts` (paired bootstrap intervals)."""
     if CANDIDATE not in methods:
         raise ValueError("the evaluation has no candidate model's metrics")
     primary = gate.primary_metric
     candidate = methods[CANDIDATE]
     if primary not in candidate:
         raise ValueError(f"gate.primary_metric {primary!r} is not an evaluation metric ({sorted(candidate)})")
-    if "champion" in methods:
-        reference, kind = "champion", "champion"
-    else:
-        present = [b for b in BASELINES if b in methods]
-        if not present:
-            raise ValueError("no champion and no baseline to compare the candidate with")
-        reference, kind = max(present, key=lambda b: methods[b][primary]), "baseline"
+    reference, kind, undefined_baselines = _reference(methods, primary)
     ref = methods[reference]
-    lift = relative_change(candidate[primary], ref[primary])
+    if primary not in ref:
+        raise ValueError(f"gate.primary_metric {primary!r} is missing from the {reference}'s metrics")
+    interval = _interval(lifts, reference, primary)
+    point = (relative_change(candidate[primary], ref[primary])
+             if _finite(candidate[primary]) and _finite(ref[primary]) else math.nan)
     decision = Decision(passed=True, reference=reference, reference_kind=kind, primary_metric=primary,
-                        candidate_value=candidate[primary], reference_value=ref[primary], relative_lift=lift,
-                        decided_at=datetime.now(timezone.utc).isoformat())
-    if candidate.get("validity", 0.0) < 1.0:
-        decision.passed = False
-        decision.reasons.append(f"validity {candidate.get('validity', 0.0):.4f} < 1: some outputs are not live ads")
-    needed = ref[primary] * (1 + gate.min_relative_lift)
-    if candidate[primary] < needed:
-        decision.passed = False
-        decision.reasons.append(f"{primary} {candidate[primary]:.4f} < {needed:.4f} (the {reference}'s "
-                                f"{ref[primary]:.4f} with a lift of {gate.min_relative_lift:+.1%})")
-    else:
-        decision.reasons.append(f"{primary} {candidate[primary]:.4f} ≥ {needed:.4f} ({reference} "
-                                f"{ref[primary]:.4f}, lift {gate.min_relative_lift:+.1%} required)")
+                        candidate_value=candidate[primary], reference_value=ref[primary], relative_lift=point,
+                        lift_low=interval["low"] if interval else None,
+                        lift_high=interval["high"] if interval else None,
+                        confidence=interval["confidence"] if interval else None,
+                        min_relative_lift=gate.min_relative_lift, decided_at=datetime.now(timezone.utc).isoformat())
+
+    validity = candidate.get("validity")
+    if not _finite(validity) or validity < 1.0:
+        decision.fail(f"validity {validity} is not 1: some outputs are not live ads (or validity was not measured)")
+    for name in undefined_baselines:
+        decision.fail(f"the {name} baseline's {primary} is {methods[name][primary]}: the best baseline to compare "
+                      f"with cannot be told")
+    _check_primary(decision, candidate[primary], ref[primary], interval, gate.min_relative_lift)
     for metric, max_drop in gate.guardrails.items():
         if metric not in candidate or metric not in ref:
             raise ValueError(f"gate.guardrails names {metric!r}, which the evaluation does not report")
-        change = relative_change(candidate[metric], ref[metric]) or 0.0
-        decision.guardrails[metric] = {"candidate": candidate[metric], "reference": ref[metric],
-                                       "relative_change": change, "max_drop": max_drop}
+        new, old = candidate[metric], ref[metric]
+        if not (_finite(new) and _finite(old)):
+            decision.guardrails[metric] = {"candidate": new, "reference": old, "relative_change": math.nan,
+                                           "max_drop": max_drop}
+            decision.fail(f"guardrail {metric}: candidate {new} vs {reference} {old} is not a number, so no drop "
+                          f"can be ruled out")
+            continue
+        change = relative_change(new, old) or 0.0  # a reference at 0 leaves nothing to drop from
+        decision.guardrails[metric] = {"candidate": new, "reference": old, "relative_change": change,
+                                       "max_drop": max_drop}
         if change < -max_drop:
-            decision.passed = False
-            decision.reasons.append(f"guardrail {metric}: {candidate[metric]:.4f} is {-change:.1%} below the "
-                                    f"{reference}'s {ref[metric]:.4f} (at most {max_drop:.0%} allowed)")
+            decision.fail(f"guardrail {metric}: {new:.4f} is {-change:.1%} below the {reference}'s {old:.4f} "
+                          f"(at most {max_drop:.0%} allowed)")
     return decision
 
 
+def _check_primary(decision: Decision, new: Any, old: Any, interval: dict[str, float] | None,
+                   min_lift: float) -> None:
+    primary, reference = decision.primary_metric, decision.reference
+    if not (_finite(new) and _finite(old)):
+        decision.fail(f"{primary}: candidate {new} vs {reference} {old} is not a number: no lift can be shown")
+        return
+    if interval is None:
+        decision.fail(f"the evaluation has no bootstrap interval of the candidate's {primary} lift over the "
+                      f"{reference} (summary.json lifts): re-run `leadre evaluate`; without one a lift may be noise")
+        return
+    low, high, confidence = interval["low"], interval["high"], interval["confidence"]
+    # low may be -inf (a resample where the reference scored nothing counts as the worst case): a number, a fail
+    if not all(isinstance(v, (int, float)) and not math.isnan(v) for v in (interval["lift"], low, high, confidence)):
+        decision.fail(f"{primary} lift over the {reference} is undefined (interval {low}..{high}): no decision on "
+                      f"an undefined lift")
+        return
+    described = (f"{primary} {new:.4f} vs the {reference}'s {old:.4f}: lift {interval['lift']:+.2%}, "
+                 f"{confidence:.0%} interval [{low:+.2%}, {high:+.2%}]")
+    if low > min_lift:
+        decision.reasons.append(f"{described}; its low end is above the {min_lift:+.2%} required")
+    elif interval["lift"] > min_lift:
+        decision.fail(f"{described}; its low end is not above the {min_lift:+.2%} required: the lift may be noise")
+    else:
+        decision.fail(f"{described}; not above the {min_lift:+.2%} required")
+
+
 def run_gate(params: Params, register: bool = True) -> dict[str, Any]:
-    """Decide, write the decision file, and register the candidate as the challenger (tagged with the decision)."""
+    """Decide, register the candidate as the challenger with the decision as its tags, write the decision file.
+
+    The registry's tags are the decision that counts (promotion reads them); the decision file is a report for people.
+    """
     evaluation = read_json(params.path(params.evaluate.reports_dir) / "summary.json")
-    decision = decide(evaluation["methods"], params.gate)
+    decision = decide(evaluation["methods"], evaluation.get("lifts", {}), params.gate)
     if register:
         from leadre.registry.models import register_candidate
         from leadre.tracking import dvc_md5, step_run
@@ -101,9 +177,16 @@ def run_gate(params: Params, register: bool = True) -> dict[str, Any]:
             mlflow.log_dict(asdict(decision), "gate.json")
             mlflow.log_metric("gate.passed", float(decision.passed))
             candidate = evaluation["methods"][CANDIDATE]
-            tags = {"leadre.gate_passed": decision.passed, "leadre.gate_reference": decision.reference,
+            # the run's own tags first, so nothing in them can overwrite the decision's
+            tags = {**run.data.tags, GATE_PASSED_TAG: str(decision.passed),
+                    GATE_REASONS_TAG: json.dumps(decision.reasons), "leadre.gate_reference": decision.reference,
+                    "leadre.gate_compared_champion": evaluation.get("champion_version") or "",
+                    "leadre.gate_primary_metric": decision.primary_metric,
+                    "leadre.gate_min_relative_lift": decision.min_relative_lift,
+                    "leadre.gate_lift": decision.relative_lift, "leadre.gate_lift_low": decision.lift_low,
+                    "leadre.gate_lift_high": decision.lift_high, "leadre.gate_lift_confidence": decision.confidence,
                     "leadre.evaluate_run_id": evaluation.get("run_id", ""), "leadre.gate_run_id": run.info.run_id,
-                    "leadre.base_model": params.model.base_model, **run.data.tags,
+                    "leadre.base_model": params.model.base_model,
                     # MLflow names allow no "@": ndcg@10 is tagged metric.ndcg_at_10
                     **{f"metric.{k.replace('@', '_at_')}": round(v, 6) for k, v in candidate.items() if "." not in k},
                     **{f"data.{name}.md5": dvc_md5(path) for name, path in inputs.items()}}

@@ -2,7 +2,8 @@
 
 Aliases, not the deprecated stages. Moving an alias is a single registry write, so `champion` always names exactly
 one complete version; the previous champion is remembered in the new version's tags, which is what rollback
-follows.
+follows. Whether a version may become champion is read from its own tags, never from a file in the workspace: the
+gate's verdict (exactly as the gate wrote it) and whether it was ever rolled back.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 PREVIOUS_CHAMPION_TAG = "leadre.previous_champion"
 PROMOTED_AT_TAG = "leadre.promoted_at"
+GATE_PASSED_TAG = "leadre.gate_passed"  # str(bool) as the gate writes it: "True" or "False", nothing else counts
+GATE_REASONS_TAG = "leadre.gate_reasons"  # the decision's reasons, a JSON list
+ROLLED_BACK_TAG = "leadre.rolled_back"
+ROLLED_BACK_AT_TAG = "leadre.rolled_back_at"
+FORCED_PROMOTION_TAG = "leadre.forced_promotion"  # when a rolled-back version was promoted again on purpose
 
 
 class RegistryError(RuntimeError):
@@ -53,6 +59,34 @@ def alias_version(params: Params, alias: str):
         return client.get_model_version_by_alias(params.registry.model_name, alias)
     except MlflowException:
         return None
+
+
+def model_version(params: Params, version: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return _client(params).get_model_version(params.registry.model_name, str(version))
+    except MlflowException:
+        raise RegistryError(f"{params.registry.model_name} has no version {version}") from None
+
+
+def gate_passed(version) -> bool:
+    """The gate's verdict on a model version, from its tag; a tag the gate did not write is an error, not a pass."""
+    value = version.tags.get(GATE_PASSED_TAG)
+    if value not in ("True", "False"):
+        raise RegistryError(f"version {version.version} has {GATE_PASSED_TAG}={value!r}, not the 'True' or 'False' "
+                            f"the gate writes: re-run `leadre gate`")
+    return value == "True"
+
+
+def gate_reasons(version) -> list[str]:
+    import json
+
+    try:
+        reasons = json.loads(version.tags.get(GATE_REASONS_TAG, "[]"))
+    except json.JSONDecodeError:
+        reasons = None
+    return [str(r) for r in reasons] if isinstance(reasons, list) else [f"unreadable {GATE_REASONS_TAG} tag"]
 
 
 def download_bundle(params: Params, version: str, target: Path | None = None) -> Path:
@@ -99,24 +133,42 @@ def register_candidate(params: Params, bundle: Path, tags: dict[str, Any]) -> st
     return version
 
 
-def promote(params: Params, version: str) -> str | None:
-    """Point `champion` at `version`; returns the version it pointed at before (None if there was none)."""
+def promote(params: Params, version: str, force: bool = False) -> str | None:
+    """Point `champion` at `version`; returns the version it pointed at before (None if there was none).
+
+    Only a version whose gate passed; a version once rolled back only with `force` (logged, and tagged on it), so
+    a retried pipeline cannot undo a rollback.
+    """
     from datetime import datetime, timezone
 
     client = _client(params)
     name = params.registry.model_name
+    found = model_version(params, version)
+    if not gate_passed(found):
+        raise RegistryError(f"version {version} did not pass the gate ({'; '.join(gate_reasons(found))}): "
+                            f"it cannot become champion")
     previous = alias_version(params, CHAMPION)
     if previous is not None and str(previous.version) == str(version):
         return str(previous.version)
+    now = datetime.now(timezone.utc).isoformat()
+    if ROLLED_BACK_TAG in found.tags:
+        when = found.tags.get(ROLLED_BACK_AT_TAG, "earlier")
+        if not force:
+            raise RegistryError(f"version {version} was rolled back ({when}): it becomes champion again only when "
+                                f"forced (`leadre promote --force`)")
+        log.warning("promoting version %s although it was rolled back (%s): forced", version, when)
+        client.set_model_version_tag(name, version, FORCED_PROMOTION_TAG, now)
     if previous is not None:
         client.set_model_version_tag(name, version, PREVIOUS_CHAMPION_TAG, str(previous.version))
-    client.set_model_version_tag(name, version, PROMOTED_AT_TAG, datetime.now(timezone.utc).isoformat())
+    client.set_model_version_tag(name, version, PROMOTED_AT_TAG, now)
     client.set_registered_model_alias(name, CHAMPION, version)
     return str(previous.version) if previous else None
 
 
 def rollback(params: Params) -> tuple[str, str]:
-    """Re-point `champion` at the version it replaced; returns (from, to)."""
+    """Re-point `champion` at the version it replaced and mark the one it leaves as rolled back; returns (from, to)."""
+    from datetime import datetime, timezone
+
     current = alias_version(params, CHAMPION)
     if current is None:
         raise RegistryError(f"{params.registry.model_name} has no champion to roll back")
@@ -124,8 +176,11 @@ def rollback(params: Params) -> tuple[str, str]:
     if not previous:
         raise RegistryError(f"champion version {current.version} replaced no earlier version: nothing to roll back to")
     client = _client(params)
-    client.set_registered_model_alias(params.registry.model_name, CHAMPION, previous)
-    client.set_model_version_tag(params.registry.model_name, current.version, "leadre.rolled_back", "true")
+    name = params.registry.model_name
+    # marked before the alias moves: a crash in between leaves a marked champion, never an unmarked rolled-back one
+    client.set_model_version_tag(name, current.version, ROLLED_BACK_AT_TAG, datetime.now(timezone.utc).isoformat())
+    client.set_model_version_tag(name, current.version, ROLLED_BACK_TAG, "true")
+    client.set_registered_model_alias(name, CHAMPION, previous)
     return str(current.version), previous
 
 

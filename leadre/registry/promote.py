@@ -1,4 +1,8 @@
-"""`leadre promote` and `leadre rollback`: move the `champion` alias, only ever to a version the gate passed."""
+"""`leadre promote` and `leadre rollback`: move the `champion` alias, only ever to a version the gate passed.
+
+What the gate decided is read from the registry (the challenger's tags), not from reports/gate.json: the file is a
+report for people, editable by anyone with the workspace, and promotion must not be talked into a version.
+"""
 
 from __future__ import annotations
 
@@ -6,34 +10,31 @@ import logging
 from typing import Any
 
 from leadre.config import Params
-from leadre.io import read_json
 from leadre.registry import models
 
 log = logging.getLogger(__name__)
 
 
-def run_promote(params: Params) -> dict[str, Any]:
-    """Point `champion` at the challenger the last gate registered, if that gate passed; otherwise change nothing.
+def run_promote(params: Params, force: bool = False) -> dict[str, Any]:
+    """Point `champion` at the `challenger` version, if its gate passed; otherwise change nothing.
 
     A failed gate is a decision, not an error: the result says why the champion stays, and the step succeeds so a
-    pipeline run reports it rather than crashing.
+    pipeline run reports it rather than crashing. A challenger that was rolled back is refused (an error) unless
+    `force`: re-running a pipeline's promote after a rollback must not bring the version back.
     """
-    decision = read_json(params.path(params.gate.decision_file))
-    version = decision.get("challenger_version")
-    champion = models.alias_version(params, models.CHAMPION)
-    current = str(champion.version) if champion else None
-    if not decision["passed"]:
-        log.warning("gate did not pass (%s): champion stays %s", "; ".join(decision["reasons"]), current)
-        return {"promoted": False, "champion": current, "challenger": version, "reasons": decision["reasons"]}
-    if version is None:
-        raise models.RegistryError(f"{params.gate.decision_file}: the gate registered no challenger version "
-                                   f"(run `leadre gate` first)")
     challenger = models.alias_version(params, models.CHALLENGER)
-    if challenger is None or str(challenger.version) != str(version):
-        raise models.RegistryError(f"the gate passed version {version} but `challenger` is now "
-                                   f"{challenger.version if challenger else 'unset'}: re-run `leadre gate`")
-    previous = models.promote(params, version)
-    return {"promoted": True, "champion": version, "previous": previous, "reasons": decision["reasons"]}
+    if challenger is None:
+        raise models.RegistryError(f"{params.registry.model_name} has no `challenger` version: run `leadre gate` "
+                                   f"first")
+    version = str(challenger.version)
+    reasons = models.gate_reasons(challenger)
+    if not models.gate_passed(challenger):
+        champion = models.alias_version(params, models.CHAMPION)
+        current = str(champion.version) if champion else None
+        log.warning("gate did not pass for version %s (%s): champion stays %s", version, "; ".join(reasons), current)
+        return {"promoted": False, "champion": current, "challenger": version, "reasons": reasons}
+    previous = models.promote(params, version, force=force)
+    return {"promoted": True, "champion": version, "previous": previous, "reasons": reasons}
 
 
 def run_rollback(params: Params) -> dict[str, Any]:
