@@ -348,6 +348,8 @@ class ServeParams(_Section):
     fallback_industries: int = Field(ge=1)
     staleness_limit_s: float = Field(ge=0)
     reload_interval_s: float = Field(ge=0)
+    max_header_bytes: int = Field(ge=1024)
+    max_headers: int = Field(ge=8)
 
 
 class OrchestrationParams(_Section):

@@ -24,6 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from leadre.serve.metrics import MetricsMiddleware, ServeMetrics
 from leadre.serve.recommend import recommend
@@ -95,6 +96,34 @@ class Service:
         return {"readable": self.store is not None, "error": None, "snapshot": info.as_dict() if info else None}
 
 
+class RequestHeaderLimit:
+    """431 for a request whose headers exceed `max_count` or `max_bytes` (names and values together).
+
+    uvicorn's httptools parser, the one it picks, has no bound of its own (h11's is the 16 kB default of
+    `h11_max_incomplete_event_size`); checking the parsed headers here holds whichever parser runs. Pure ASGI, not
+    BaseHTTPMiddleware: it costs one pass over a handful of header pairs per request.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, max_count: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.max_count = max_count
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = scope["headers"]
+            size = sum(len(name) + len(value) for name, value in headers) if len(headers) <= self.max_count else 0
+            if len(headers) > self.max_count or size > self.max_bytes:
+                message = (f"{len(headers)} request headers, at most {self.max_count} allowed"
+                           if len(headers) > self.max_count
+                           else f"request headers of {size} bytes, at most {self.max_bytes} allowed")
+                response = _json({"error": "request_headers_too_large", "message": message}, 431,
+                                 headers={"Connection": "close"})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(settings: ServeSettings) -> FastAPI:
     service = Service(settings)
 
@@ -108,6 +137,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
     app = FastAPI(title="LEADRE online recommendations", lifespan=lifespan)
     app.state.service = service
+    # inside the metrics middleware, so refused requests are counted (status 431) like any other answer
+    app.add_middleware(RequestHeaderLimit, max_bytes=settings.max_header_bytes, max_count=settings.max_headers)
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)
     _install_error_handlers(app)
 

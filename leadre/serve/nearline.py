@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from leadre.config import Params
-from leadre.train.model import set_cpu_threads
+from leadre.train.model import ModelError, set_cpu_threads
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,8 @@ MS_PER_DAY = 86_400_000
 
 def serving_ads(params: Params, ads: pd.DataFrame, events: pd.DataFrame, now: pd.Timestamp) -> pd.DataFrame:
     """Live ads with their popularity: ad engagements in the last `serve.popularity_days`, recent ones first."""
-    recent = events[(events["domain"] == "ad") & (events["ts"] >= now - pd.Timedelta(days=params.serve.popularity_days))]
+    since = now - pd.Timedelta(days=params.serve.popularity_days)
+    recent = events[(events["domain"] == "ad") & (events["ts"] >= since)]
     popularity = recent.groupby("object_id").size()
     live = ads[(ads["status"] == "active") & (ads["expires_at"] > now)]
     return pd.DataFrame({"ad_id": live["ad_id"].to_numpy(np.int64), "industry": live["industry"].astype(str).to_numpy(),
@@ -78,7 +79,11 @@ def run_nearline(params: Params) -> dict[str, Any]:
     del events, recent
 
     sources = load_sources(params, tables)  # the same tables: the event log replaces the events frame
-    recommender = LlmRecommender(champion.folder, params.generate, live_ad_ids=live["ad_id"].to_numpy())
+    try:
+        recommender = LlmRecommender(champion.folder, params.generate, live_ad_ids=live["ad_id"].to_numpy())
+    except ModelError as err:
+        # nothing is published: the store keeps its snapshot, the ads file its live ads
+        raise ModelError(f"champion version {champion.version} of {params.registry.model_name}: {err}") from None
     ecpm = pd.Series(live["ecpm"].to_numpy(), index=live["ad_id"])
     industry = pd.Series(live["industry"].to_numpy(), index=live["ad_id"])
     rows: list[tuple[int, np.ndarray, np.ndarray]] = []

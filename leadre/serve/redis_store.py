@@ -19,6 +19,7 @@ filling. The near-line job is a single scheduled task, so it needs no lock.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -38,6 +39,8 @@ from leadre.serve.store import (
     new_snapshot_id,
     query_options,
 )
+
+REDIS_PASSWORD_ENV = "LEADRE_REDIS_PASSWORD"
 
 # KEYS[1] = pointer key; ARGV[1] = namespace, ARGV[2] = user id. Returns nil (no snapshot), {sid, nil} (unknown
 # user: GET's false becomes a nil element) or {sid, blob}.
@@ -73,16 +76,20 @@ class RedisCandidateStore:
     @classmethod
     def from_url(cls, url: str) -> RedisCandidateStore:
         """redis://[[user]:password@]host[:port][/db][?namespace=…&old_snapshot_ttl_s=…&write_batch=…]; any other
-        query option goes to redis-py (e.g. socket_timeout=0.05)."""
+        query option goes to redis-py (e.g. socket_timeout=0.05). Without a password in the URL,
+        $LEADRE_REDIS_PASSWORD is used if set."""
         import redis
 
         parts = urlsplit(url)
         ours, theirs = [], []
         for key, value in parse_qsl(parts.query, keep_blank_values=True):
             (ours if key in cls.URL_OPTIONS else theirs).append((key, value))
-        # Options in the URL win over these keyword defaults (redis-py merges the URL's last).
+        # Options in the URL win over these keyword defaults (redis-py merges the URL's last). The password may come
+        # from the environment instead of the URL: on Kubernetes both the server and the clients read it from one
+        # Secret key, and the URL stays free of credentials.
+        password = {"password": os.environ[REDIS_PASSWORD_ENV]} if os.environ.get(REDIS_PASSWORD_ENV) else {}
         client = redis.Redis.from_url(urlunsplit(parts._replace(query=urlencode(theirs))),
-                                      **cls.DEFAULT_SOCKET_TIMEOUTS)
+                                      **cls.DEFAULT_SOCKET_TIMEOUTS, **password)
         return cls(client, **query_options(urlencode(ours), cls.URL_OPTIONS))
 
     def _user_key(self, snapshot_id: str, user_id: int) -> str:

@@ -63,7 +63,8 @@ def serve_settings(params: Params, bundle_loader=None) -> ServeSettings:
     return ServeSettings(bundle_loader=bundle_loader or RegistryBundleLoader(params), store_url=store_url(params),
                          admin_api_key=admin_key_from_env(), default_k=s.default_k, max_k=s.max_k,
                          fallback_size=s.fallback_size, fallback_industries=s.fallback_industries,
-                         staleness_limit_s=s.staleness_limit_s, reload_interval_s=s.reload_interval_s)
+                         staleness_limit_s=s.staleness_limit_s, reload_interval_s=s.reload_interval_s,
+                         max_header_bytes=s.max_header_bytes, max_headers=s.max_headers)
 
 
 def run_serve(params: Params, host: str | None = None, port: int | None = None) -> None:

@@ -25,13 +25,17 @@ class ServeSettings:
     staleness_limit_s: float = 86_400.0  # a snapshot entry older than this is ignored (fallback instead)
     reload_interval_s: float = 30.0  # bundle poll period; 0 turns polling off (POST /admin/reload still works)
     stop_timeout_s: float = 5.0  # how long shutdown waits for the poller to finish a load in progress
+    # request headers beyond these are refused with 431: a client has no reason to send more, and the server would
+    # otherwise hold and parse whatever it is sent
+    max_header_bytes: int = 16_384  # names + values, all headers of a request together
+    max_headers: int = 100
 
     def __post_init__(self) -> None:
         if not callable(self.bundle_loader):
             raise ValueError("bundle_loader must be callable")
         if not 1 <= self.default_k <= self.max_k:
             raise ValueError(f"default_k must be within 1..max_k ({self.max_k}), got {self.default_k}")
-        for name in ("fallback_size", "fallback_industries"):
+        for name in ("fallback_size", "fallback_industries", "max_header_bytes", "max_headers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("staleness_limit_s", "reload_interval_s", "stop_timeout_s"):

@@ -66,12 +66,16 @@ def precision() -> dict[str, bool]:
     return {"bf16": bf16, "fp16": False}
 
 
-def trainer_arguments(cfg: _TrainerParams, has_eval: bool) -> dict[str, Any]:
-    """Keyword arguments shared by SFTConfig and DPOConfig (both extend transformers' TrainingArguments)."""
+def trainer_arguments(cfg: _TrainerParams, checkpoints: Path, has_eval: bool) -> dict[str, Any]:
+    """Keyword arguments shared by SFTConfig and DPOConfig (both extend transformers' TrainingArguments).
+
+    `checkpoints` is `checkpoint_dir` resolved against params.yaml's folder (`params.path`), never the working
+    directory: `--resume` looks there, wherever the command was started from.
+    """
     every = cfg.checkpoint_every_steps
     strategy = "steps" if every else "epoch"
     return dict(
-        output_dir=str(cfg.checkpoint_dir), num_train_epochs=cfg.epochs, learning_rate=cfg.learning_rate,
+        output_dir=str(checkpoints), num_train_epochs=cfg.epochs, learning_rate=cfg.learning_rate,
         per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, warmup_steps=cfg.warmup_ratio,
         weight_decay=cfg.weight_decay, max_length=cfg.max_length, gradient_checkpointing=cfg.gradient_checkpointing,
@@ -81,25 +85,6 @@ def trainer_arguments(cfg: _TrainerParams, has_eval: bool) -> dict[str, Any]:
         load_best_model_at_end=has_eval, metric_for_best_model="eval_loss", greater_is_better=False,
         report_to=["mlflow"], dataloader_num_workers=0, include_num_input_tokens_seen="non_padding",
         **precision())
-
-
-def last_checkpoint(folder: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
-
-
-def prepare_checkpoints(folder: Path, resume: bool) -> str | None:
-    """The checkpoint to resume from, or None; a fresh run starts from an empty folder so no stale state leaks in."""
-    if resume:
-        found = last_checkpoint(folder)
-        if found is None:
-            log.warning("--resume: no checkpoint in %s, starting from the beginning", folder)
-        else:
-            log.info("resuming from %s", found)
-        return found
-    shutil.rmtree(folder, ignore_errors=True)
-    return None
 
 
 def new_token_ids(tokenizer, sid_tokens: list[str]) -> list[int]:

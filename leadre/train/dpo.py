@@ -26,18 +26,19 @@ def run_dpo(params: Params, resume: bool = False) -> dict[str, Any]:
     from trl import DPOConfig, DPOTrainer
 
     from leadre.tracking import step_run
+    from leadre.train import checkpointing  # imports transformers
 
     common.score_only_supervised_positions()
     set_cpu_threads(params.model.cpu_threads)
     cfg = params.dpo
     checkpoints = params.path(cfg.checkpoint_dir)
-    resume_from = common.prepare_checkpoints(checkpoints, resume)
+    resume_from = checkpointing.prepare_checkpoints(checkpoints, resume)
     sft_dir = params.path(params.sft.out_dir)
     model, tokenizer = load_trained(sft_dir)
     train = load_split(params, "dpo", "train", DPO_COLUMNS, cfg.max_train_examples, cfg.seed)
     valid = load_split(params, "dpo", "valid", DPO_COLUMNS, cfg.max_eval_examples, cfg.seed)
     use_lora = common.lora_enabled(cfg.lora, params.model)
-    args = DPOConfig(**common.trainer_arguments(cfg, has_eval=len(valid) > 0), beta=cfg.beta,
+    args = DPOConfig(**common.trainer_arguments(cfg, checkpoints, has_eval=len(valid) > 0), beta=cfg.beta,
                      loss_type=[cfg.loss_type], run_name="dpo")
     inputs = {"prompts": params.path(params.prompts.out_dir), "sft_model": sft_dir}
     with step_run(params, "dpo", inputs) as run:
@@ -50,7 +51,8 @@ def run_dpo(params: Params, resume: bool = False) -> dict[str, Any]:
         peft = (common.lora_config(cfg.lora, common.new_token_ids(tokenizer, sid_vocabulary(params.sids)),
                                    common.tied(model)) if use_lora else None)
         trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=train,
-                             eval_dataset=valid if len(valid) else None, processing_class=tokenizer, peft_config=peft)
+                             eval_dataset=valid if len(valid) else None, processing_class=tokenizer, peft_config=peft,
+                             callbacks=[checkpointing.MarkCheckpointComplete()])
         started = time.perf_counter()
         result = trainer.train(resume_from_checkpoint=resume_from)
         seconds = time.perf_counter() - started

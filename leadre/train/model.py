@@ -146,14 +146,43 @@ def load_model(model: ModelParams, corpus: Iterable[str], sid_tokens: list[str],
 
 
 def load_trained(folder: Path | str, dtype: str = "auto"):
-    """A model and tokenizer written by `leadre sft` or `leadre dpo` (LoRA already merged)."""
+    """A model and tokenizer written by `leadre sft` or `leadre dpo` (LoRA already merged).
+
+    Weights are read from safetensors only: a pickled `pytorch_model.bin` in the folder (a bundle from a registry
+    someone else can write to) is never loaded, since unpickling runs whatever code the file names. A folder whose
+    files cannot be read is a ModelError naming the file.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder}: no trained model here (run `leadre sft` first)")
-    tokenizer = AutoTokenizer.from_pretrained(str(folder), padding_side="left")
-    return AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype), tokenizer
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), padding_side="left")
+    except Exception as err:  # a truncated tokenizer.json surfaces as JSON, OSError or tokenizers' own errors
+        raise ModelError(f"{folder / 'tokenizer.json'}: unreadable tokenizer ({_one_line(err)})") from None
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, use_safetensors=True)
+    except Exception as err:  # safetensors raises its own SafetensorError, transformers OSError/ValueError
+        raise ModelError(f"{_unreadable_weights(folder)}: unreadable model weights ({_one_line(err)})") from None
+    return model, tokenizer
+
+
+def _one_line(err: Exception) -> str:
+    return f"{type(err).__name__}: {' '.join(str(err).split())}"
+
+
+def _unreadable_weights(folder: Path) -> Path | str:
+    """The weights file that fails to open, else the folder (missing weights, a config that does not match them)."""
+    from safetensors import safe_open
+
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt") as weights:
+                weights.keys()
+        except Exception:
+            return path
+    return folder
 
 
 def set_cpu_threads(threads: int) -> None:

@@ -34,6 +34,7 @@ def run_sft(params: Params, resume: bool = False) -> dict[str, Any]:
     from trl import SFTConfig, SFTTrainer
 
     from leadre.tracking import step_run
+    from leadre.train import checkpointing  # imports transformers
 
     common.score_only_supervised_positions()
     set_cpu_threads(params.model.cpu_threads)
@@ -41,7 +42,7 @@ def run_sft(params: Params, resume: bool = False) -> dict[str, Any]:
     if params.model.base_model != BUILTIN_TINY:
         check_causal_lm(params.model.base_model)  # before any data is read: a wrong path fails at once
     checkpoints = params.path(cfg.checkpoint_dir)
-    resume_from = common.prepare_checkpoints(checkpoints, resume)
+    resume_from = checkpointing.prepare_checkpoints(checkpoints, resume)
     train = load_split(params, "sft", "train", [*SFT_COLUMNS, "task"], cfg.max_train_examples, cfg.seed)
     valid = load_split(params, "sft", "valid", SFT_COLUMNS, cfg.max_eval_examples, cfg.seed)
     sid_tokens = sid_vocabulary(params.sids)
@@ -53,14 +54,14 @@ def run_sft(params: Params, resume: bool = False) -> dict[str, Any]:
     use_lora = common.lora_enabled(cfg.lora, params.model)
     peft = (common.lora_config(cfg.lora, common.new_token_ids(tokenizer, sid_tokens), common.tied(model))
             if use_lora else None)
-    args = SFTConfig(**common.trainer_arguments(cfg, has_eval=len(valid) > 0), run_name="sft",
+    args = SFTConfig(**common.trainer_arguments(cfg, checkpoints, has_eval=len(valid) > 0), run_name="sft",
                      completion_only_loss=cfg.completion_only_loss)
-    args.output_dir = str(checkpoints)
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=train, eval_dataset=valid if len(valid) else None,
         processing_class=tokenizer,
         peft_config=peft,
-        callbacks=[EarlyStoppingCallback(cfg.early_stopping_patience)] if cfg.early_stopping_patience else None)
+        callbacks=[checkpointing.MarkCheckpointComplete(),
+                   *([EarlyStoppingCallback(cfg.early_stopping_patience)] if cfg.early_stopping_patience else [])])
     inputs = {"prompts": params.path(params.prompts.out_dir), "sids": params.path(params.sids.out_dir)}
     with step_run(params, "sft", inputs) as run:
         import mlflow

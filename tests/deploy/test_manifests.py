@@ -7,6 +7,8 @@ here (no Docker daemon, no registry), so they are parsed and their entrypoint sc
 
 from __future__ import annotations
 
+import base64
+import configparser
 import json
 import os
 import re
@@ -218,6 +220,7 @@ def test_local_overlay_generates_every_secret_it_references(rendered, airflow_va
     generated = {d["metadata"]["name"] for d in docs if d["kind"] == "Secret"}
     referenced = set(re.findall(r'"secretRef": \{"name": "([^"]+)"', json.dumps(docs)))
     referenced |= set(re.findall(r'"secretKeyRef": \{"key": "[^"]+", "name": "([^"]+)"', json.dumps(docs)))
+    referenced |= set(re.findall(r'"secretName": "([^"]+)"', json.dumps(docs)))  # Secrets mounted as files
     assert referenced and referenced <= generated
     settings = pods.KubernetesRunnerSettings()
     assert {settings.mlflow_secret, settings.store_secret, airflow_values["data"]["metadataSecretName"]} <= generated
@@ -267,6 +270,126 @@ def test_mlflow_server_stores_runs_in_postgres_and_artifacts_on_a_volume_or_s3(r
     assert any(d["kind"] == "PersistentVolumeClaim" and d["metadata"]["name"] == "leadre-mlflow-artifacts"
                for d in rendered["local"])
     assert not any(d["metadata"]["name"] == "leadre-mlflow-artifacts" for d in rendered["prod"])
+
+
+def secret_data(docs: list[dict[str, Any]], name: str) -> dict[str, str]:
+    return {key: base64.b64decode(value).decode() for key, value in find(docs, "Secret", name)["data"].items()}
+
+
+def env_from_secret(container: dict[str, Any], name: str) -> tuple[str, str]:
+    """(Secret, key) an environment variable of `container` is read from."""
+    ref = next(e for e in container["env"] if e["name"] == name)["valueFrom"]["secretKeyRef"]
+    return ref["name"], ref["key"]
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_mlflow_server_requires_a_login_with_credentials_from_a_secret(rendered, overlay):
+    deployment = find(rendered[overlay], "Deployment", "leadre-mlflow")
+    spec = pod_spec(deployment)
+    container = spec["containers"][0]
+    assert "--app-name=basic-auth" in container["args"], "MLflow answers anyone who reaches it"
+    for variable, key in (("MLFLOW_AUTH_ADMIN_USERNAME", "admin-username"),
+                          ("MLFLOW_AUTH_ADMIN_PASSWORD", "admin-password"),
+                          ("MLFLOW_FLASK_SERVER_SECRET_KEY", "flask-secret-key")):
+        assert env_from_secret(container, variable) == ("leadre-mlflow-auth", key)
+    # the auth app's own settings (its user database URI holds a password): a file from the same Secret
+    config = next(e["value"] for e in container["env"] if e["name"] == "MLFLOW_AUTH_CONFIG_PATH")
+    mount = next(m for m in container["volumeMounts"] if config.startswith(m["mountPath"] + "/"))
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    assert volume["secret"]["secretName"] == "leadre-mlflow-auth" and mount["readOnly"] is True
+    assert {"key": "basic_auth.ini", "path": Path(config).name} in volume["secret"]["items"]
+
+
+@needs_kubectl
+def test_local_mlflow_auth_secret_is_complete_and_clients_log_in(rendered):
+    docs = rendered["local"]
+    auth = secret_data(docs, "leadre-mlflow-auth")
+    ini = configparser.ConfigParser()
+    ini.read_string(auth["basic_auth.ini"])
+    # users and permissions in Postgres: every replica sees the same, and a restart loses none
+    assert ini["mlflow"]["database_uri"].startswith("postgresql://")
+    assert ini["mlflow"]["default_permission"] in {"READ", "NO_PERMISSIONS"}
+    assert auth["admin-password"] and auth["flask-secret-key"]
+    clients = secret_data(docs, "leadre-mlflow")
+    assert (clients["MLFLOW_TRACKING_USERNAME"], clients["MLFLOW_TRACKING_PASSWORD"]) == (
+        auth["admin-username"], auth["admin-password"])
+
+
+def test_mlflow_image_starts_the_authenticated_server():
+    cmd = next(args for op, args in dockerfile_instructions(REPO / "mlflow" / "Dockerfile") if op == "CMD")
+    assert '"--app-name", "basic-auth"' in cmd
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_redis_requires_the_password_the_clients_get(rendered, overlay):
+    docs = rendered[overlay]
+    container = pod_spec(find(docs, "Deployment", "leadre-redis"))["containers"][0]
+    args = container["args"]
+    assert args[args.index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+    # the same key of the Secret the clients' environment comes from (LEADRE_REDIS_PASSWORD, read by the store)
+    assert env_from_secret(container, "REDIS_PASSWORD") == ("leadre-store", "LEADRE_REDIS_PASSWORD")
+    assert env_from_secret(container, "REDISCLI_AUTH") == ("leadre-store", "LEADRE_REDIS_PASSWORD")  # the probe
+    serve = pod_spec(find(docs, "Deployment", "leadre-serve"))["containers"][0]
+    assert {"secretRef": {"name": "leadre-store"}} in serve["envFrom"]
+    if overlay == "local":
+        store = secret_data(docs, "leadre-store")
+        assert store["LEADRE_REDIS_PASSWORD"] and "@" not in store["LEADRE_STORE_URL"]
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    assert set(selector) <= {"matchLabels"}, f"the test evaluates matchLabels only: {selector}"
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def reachable(policies: list[dict[str, Any]], source: dict[str, str], target: dict[str, str], port: int) -> bool:
+    """Whether NetworkPolicies (this namespace, pod selectors and ports only) let `source` pods reach `target`."""
+    applying = [p for p in policies if _selects(p["spec"]["podSelector"], target)
+                and "Ingress" in p["spec"]["policyTypes"]]
+    if not applying:
+        return True
+    for policy in applying:
+        for rule in policy["spec"].get("ingress") or []:
+            ports = rule.get("ports")
+            if ports and not any(p.get("port") == port for p in ports):
+                continue
+            peers = rule.get("from")
+            if not peers or any("podSelector" in peer and "namespaceSelector" not in peer
+                                and _selects(peer["podSelector"], source) for peer in peers):
+                return True
+    return False
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_network_policies_deny_by_default_and_open_only_what_each_pod_needs(rendered, overlay):
+    docs = rendered[overlay]
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    assert any(p["spec"]["podSelector"] == {} and p["spec"]["policyTypes"] == ["Ingress"]
+               and not p["spec"].get("ingress") for p in policies), "no default deny"
+
+    def labels(kind: str, name: str) -> dict[str, str]:
+        doc = find(docs, kind, name)
+        template = doc["spec"]["jobTemplate"]["spec"] if kind == "CronJob" else doc["spec"]
+        return template["template"]["metadata"]["labels"]
+
+    mlflow, redis, postgres = (labels("Deployment", "leadre-mlflow"), labels("Deployment", "leadre-redis"),
+                               labels("StatefulSet", "leadre-postgres"))
+    serve, nearline = labels("Deployment", "leadre-serve"), labels("CronJob", "leadre-nearline")
+    steps = [{**pods.KubernetesRunnerSettings().labels, "leadre.io/step": step} for step in pods.STEPS]
+    stranger = {"app": "debug-shell"}  # any other pod in the namespace
+
+    for pipeline in [nearline, *steps]:
+        assert reachable(policies, pipeline, mlflow, 5000) and reachable(policies, pipeline, redis, 6379)
+    assert reachable(policies, serve, redis, 6379)
+    assert reachable(policies, serve, mlflow, 5000)  # the champion alias it follows
+    assert reachable(policies, mlflow, postgres, 5432)
+    assert reachable(policies, stranger, serve, 8000)  # the online API is the service's front door
+    for source, target, port in ((stranger, mlflow, 5000), (stranger, redis, 6379), (stranger, postgres, 5432),
+                                 (serve, postgres, 5432), (redis, mlflow, 5000), (mlflow, redis, 6379),
+                                 (stranger, serve, 9999)):
+        assert not reachable(policies, source, target, port), (source, target, port)
 
 
 @needs_kubectl

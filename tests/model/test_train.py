@@ -18,6 +18,7 @@ import pytest
 
 from leadre.sids import sid_tokens, sid_vocabulary
 from leadre.tracking import RETRAIN_TAG, dvc_md5, tracking_uri
+from leadre.train.checkpointing import COMPLETE_MARKER
 from leadre.train.model import (
     ModelError,
     check_causal_lm,
@@ -95,13 +96,13 @@ def test_resume_after_a_kill_mid_epoch_continues_from_the_checkpoint(tmp_path, p
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
-    # the trainer writes trainer_state.json last, so its presence means a complete checkpoint: kill at once
-    while (not list(checkpoints.glob("checkpoint-*/trainer_state.json")) and first.poll() is None
+    # the completeness marker is written last: once there is one, kill at once
+    while (not list(checkpoints.glob(f"checkpoint-*/{COMPLETE_MARKER}")) and first.poll() is None
            and time.monotonic() < deadline):
         time.sleep(0.02)
     first.send_signal(signal.SIGKILL)
     first.wait()
-    saved = sorted(int(p.parent.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*/trainer_state.json"))
+    saved = sorted(int(p.parent.name.split("-")[1]) for p in checkpoints.glob(f"checkpoint-*/{COMPLETE_MARKER}"))
     assert saved and saved[-1] < total_steps, f"killed too late to test resume (checkpoints {saved})"
     assert not params.path(params.sft.out_dir).exists()
 
@@ -113,6 +114,63 @@ def test_resume_after_a_kill_mid_epoch_continues_from_the_checkpoint(tmp_path, p
     logged = [entry["step"] for entry in state["log_history"] if "loss" in entry]
     assert logged == sorted(logged) and logged[-1] <= total_steps
     assert (params.path(params.sft.out_dir) / "config.json").exists()
+
+
+# 10 SFT steps and 4 DPO steps, a checkpoint every 5 (SFT) or 2 (DPO): seconds on the tiny model
+SHORT_RUNS = {"sft.checkpoint_every_steps": 5, "sft.epochs": 1, "sft.max_train_examples": 80, "sft.batch_size": 8,
+              "sft.max_eval_examples": 4, "sft.early_stopping_patience": 0,
+              "dpo.checkpoint_every_steps": 2, "dpo.epochs": 1, "dpo.max_train_examples": 32, "dpo.batch_size": 8,
+              "dpo.max_eval_examples": 8}
+
+
+def checkpoint_steps(folder: Path) -> list[int]:
+    return sorted(int(p.name.split("-")[1]) for p in folder.glob("checkpoint-*"))
+
+
+def test_resume_skips_a_checkpoint_torn_by_a_kill_during_its_save(tmp_path, prepared_data, caplog):
+    from leadre.train.sft import run_sft
+
+    params = prepared_workspace(tmp_path, prepared_data, SHORT_RUNS)
+    run_sft(params)
+    checkpoints = params.path(params.sft.checkpoint_dir)
+    assert checkpoint_steps(checkpoints) == [5, 10]
+    # the state a kill during the save of checkpoint-10 leaves: its tokenizer and weights half written, the
+    # optimizer and trainer state never reached
+    torn = checkpoints / "checkpoint-10"
+    for name in ("tokenizer.json", "model.safetensors"):
+        data = (torn / name).read_bytes()
+        (torn / name).write_bytes(data[:len(data) // 2])
+    for name in ("optimizer.pt", "scheduler.pt", "trainer_state.json", COMPLETE_MARKER):
+        (torn / name).unlink(missing_ok=True)
+
+    with caplog.at_level("INFO", logger="leadre"):
+        metrics = run_sft(params, resume=True)
+    assert f"{torn} is incomplete" in caplog.text
+    assert f"resuming from {checkpoints / 'checkpoint-5'}" in caplog.text
+    state = json.loads((torn / "trainer_state.json").read_text())
+    assert state["global_step"] == metrics["global_step"] == 10 and (torn / COMPLETE_MARKER).is_file()
+    assert (params.path(params.sft.out_dir) / "model.safetensors").is_file()
+
+
+def test_checkpoints_land_beside_params_yaml_whatever_the_working_directory(tmp_path, prepared_data, monkeypatch,
+                                                                            caplog):
+    from leadre.train.dpo import run_dpo
+    from leadre.train.sft import run_sft
+
+    params = prepared_workspace(tmp_path / "workspace", prepared_data, SHORT_RUNS)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    run_sft(params)
+    run_dpo(params)
+    for cfg in (params.sft, params.dpo):
+        assert checkpoint_steps(params.path(cfg.checkpoint_dir)), f"no checkpoint in {params.path(cfg.checkpoint_dir)}"
+        assert not (elsewhere / cfg.checkpoint_dir).exists()
+    dpo_checkpoints = params.path(params.dpo.checkpoint_dir)
+    last = dpo_checkpoints / f"checkpoint-{checkpoint_steps(dpo_checkpoints)[-1]}"
+    with caplog.at_level("INFO", logger="leadre"):
+        run_dpo(params, resume=True)
+    assert f"resuming from {last}" in caplog.text
 
 
 def test_a_hub_style_model_folder_gets_sid_tokens_and_lora(tmp_path, prepared_data):

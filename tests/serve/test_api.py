@@ -17,8 +17,10 @@ import pytest
 from leadre.serve.app import create_app
 from leadre.serve.bundle import ServingBundle
 from leadre.serve.server import BackgroundServer
+from leadre.serve.service import serve_settings
 from leadre.serve.settings import ServeSettings
 from leadre.serve.store import open_store
+from tests.conftest import write_params
 from tests.serve.conftest import make_ads, make_bundle
 
 # Real uvicorn servers on loopback (threads or processes): the suite's `slow` kind, still run by default.
@@ -149,6 +151,45 @@ def test_malformed_input_is_a_422_naming_the_field(client: httpx.Client, path: s
 def test_unknown_route_is_a_json_404(client: httpx.Client) -> None:
     response = client.get("/v1/nope")
     assert (response.status_code, response.json()["error"]) == (404, "not_found")
+
+
+# -- request headers: a bounded amount per request (431 beyond it), whatever the client sends ------------------------
+
+
+MIB = 1024 * 1024
+
+
+@pytest.mark.parametrize("headers", [
+    [("X-Padding", "a" * MIB)],  # one 1 MiB header
+    [("X-Padding", "a" * 16 * MIB)],  # one 16 MiB header
+    [(f"X-Header-{i}", "1") for i in range(10_000)],  # ten thousand small ones
+    [(f"X-Header-{i}", "a" * 1000) for i in range(20)],  # 20 kB in headers under the count limit
+], ids=["1MiB", "16MiB", "10k-headers", "20kB-in-20"])
+def test_oversized_request_headers_are_refused_with_431(client: httpx.Client, headers: list) -> None:
+    response = client.get(f"{ROUTE}/1", headers=headers)
+    assert response.status_code == 431
+    assert response.json()["error"] == "request_headers_too_large"
+    assert response.headers["connection"] == "close"
+    assert client.get(f"{ROUTE}/1").status_code == 200  # the server is unharmed
+
+
+def test_headers_within_the_limits_are_served(client: httpx.Client) -> None:
+    headers = [(f"X-Header-{i}", "a" * 100) for i in range(50)]  # 50 headers, ~6 kB: a heavy but normal client
+    assert client.get(f"{ROUTE}/1", headers=headers).status_code == 200
+
+
+def test_header_limits_come_from_the_settings(tmp_path: Path) -> None:
+    with serve(tmp_path, SwitchableLoader(make_bundle()), max_headers=8, max_header_bytes=1024) as c:
+        assert c.get("/healthz", headers=[(f"X-{i}", "1") for i in range(3)]).status_code == 200
+        assert c.get("/healthz", headers=[(f"X-{i}", "1") for i in range(8)]).status_code == 431
+        assert c.get("/healthz", headers={"X-Padding": "a" * 1024}).status_code == 431
+        assert 'status="431"' in c.get("/metrics").text
+
+
+def test_params_yaml_sets_the_header_limits(tmp_path: Path) -> None:
+    params = write_params(tmp_path, {"serve.max_headers": 12, "serve.max_header_bytes": 4096})
+    settings = serve_settings(params)
+    assert (settings.max_headers, settings.max_header_bytes) == (12, 4096)
 
 
 # -- health, readiness, metrics ------------------------------------------------------------------------------------

@@ -5,7 +5,12 @@ publishes the champion's candidates; the online service answers from them and fo
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -136,3 +141,84 @@ def test_nearline_publishes_the_champions_candidates_and_serving_follows_the_cha
         assert promoted in str(status), "the service did not pick the new champion up"
         unknown = httpx.get(f"{server.url}/v1/recommendations/999999999").json()
         assert unknown["items"] and {i["source"] for i in unknown["items"]} == {"fallback"}
+
+
+# -- a broken or booby-trapped champion (each test registers and promotes its own version, then rolls it back) -----
+
+
+def promote_bundle(platform: Params, bundle) -> str:
+    """Register `bundle` through the gate (which always passes here) and make it the champion, replacing a good one
+    (so `run_rollback` has a version to return to)."""
+    if champion(platform) is None:
+        run_gate(with_overrides(platform, PASS))
+        run_promote(platform)
+    params = with_overrides(platform, {**PASS, "evaluate.candidate_dir": str(bundle)})
+    run_gate(params)
+    return run_promote(params)["champion"]
+
+
+def test_a_corrupt_champion_stops_nearline_with_one_line_and_the_store_keeps_its_snapshot(platform, tmp_path):
+    corrupt = tmp_path / "corrupt-bundle"
+    shutil.copytree(platform.path(platform.evaluate.candidate_dir), corrupt)
+    weights = corrupt / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:4096])  # a copy cut short
+    store = open_store(store_url(platform))
+    previous = store.write_snapshot([(1, [1003, 1001], [0.9, 0.1])], "previous-run")
+    store.close()
+    version = promote_bundle(platform, corrupt)
+    try:
+        result = subprocess.run([sys.executable, "-m", "leadre.cli", "--params", str(platform.root / "params.yaml"),
+                                 "nearline"], capture_output=True, text=True, timeout=600,
+                                env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    finally:
+        run_rollback(platform)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert f"version {version}" in error and "model.safetensors" in error, error
+    store = open_store(store_url(platform))
+    try:
+        assert store.snapshot_info().snapshot_id == previous.snapshot_id
+    finally:
+        store.close()
+
+
+class Trap:
+    """Unpickling this creates `marker`: the proof that something loaded a pickle."""
+
+    def __init__(self, marker) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+def test_nearline_and_serving_load_weights_and_tables_never_a_pickle(platform, tmp_path, monkeypatch):
+    import pickle
+
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    version = promote_bundle(platform, platform.path(platform.evaluate.candidate_dir))
+    marker = tmp_path / "unpickled"
+    client = MlflowClient()
+    source = client.get_model_version(platform.registry.model_name, version).source
+    model_dir = Path(client.get_logged_model(source.removeprefix("models:/")).artifact_location.removeprefix("file://"))
+    # the registered version's pickle and a pickled-weights file beside the safetensors, both booby-trapped
+    (model_dir / "python_model.pkl").write_bytes(pickle.dumps(Trap(marker)))
+    bundle = next(model_dir.rglob("model.safetensors")).parent
+    (bundle / "pytorch_model.bin").write_bytes(pickle.dumps(Trap(marker)))
+    try:
+        summary = run_nearline(platform)
+        assert summary["model_version"] == version and summary["users"] > 0
+        monkeypatch.setenv("LEADRE_ADMIN_API_KEY", API_KEY)
+        with BackgroundServer(create_app(serve_settings(platform))) as server:
+            answer = httpx.get(f"{server.url}/v1/recommendations/1", params={"k": 5})
+            assert answer.status_code == 200 and answer.json()["bundle_version"] == version
+        assert not marker.exists(), "near-line or serving unpickled a registry file"
+        # the trap works: the pyfunc flavour unpickles python_model.pkl (docs/serving.md: trusted registries only)
+        with contextlib.suppress(Exception):
+            mlflow.pyfunc.load_model(f"models:/{platform.registry.model_name}/{version}")
+        assert marker.exists()
+    finally:
+        run_rollback(platform)

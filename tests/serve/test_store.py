@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from leadre.serve.redis_store import REDIS_PASSWORD_ENV
 from leadre.serve.sqlite_store import SQLiteCandidateStore
 from leadre.serve.store import CandidateStore, StoreError, open_store
+from tests.serve.conftest import free_port
 
 CREATED = datetime(2026, 11, 1, 6, 0, tzinfo=UTC)
 
@@ -193,3 +198,45 @@ def test_open_store_sqlite_paths(tmp_path, monkeypatch) -> None:
     assert isinstance(relative, CandidateStore)
     relative.close()
     absolute.close()
+
+
+def test_the_redis_password_comes_from_the_url_or_the_environment(monkeypatch) -> None:
+    pytest.importorskip("redis", reason="redis-py is not installed")
+    monkeypatch.setenv(REDIS_PASSWORD_ENV, "from-env")
+    for url, password in (("redis://127.0.0.1:1/0", "from-env"), ("redis://:in-url@127.0.0.1:1/0", "in-url")):
+        store = open_store(url)  # redis-py connects on first use: nothing listens on port 1, nothing is tried
+        assert store.client.connection_pool.connection_kwargs["password"] == password
+        store.close()
+
+
+def test_a_password_protected_redis_needs_the_password(monkeypatch) -> None:
+    redis = pytest.importorskip("redis", reason="redis-py is not installed")
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("no redis-server on PATH: the password check against a real server is not run")
+    port = free_port()
+    server = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+                               "no", "--requirepass", "s3cret"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                redis.Redis.from_url(url, password="s3cret", socket_timeout=1).ping()
+                break
+            except redis.ConnectionError:
+                assert server.poll() is None and time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.05)
+        monkeypatch.delenv(REDIS_PASSWORD_ENV, raising=False)
+        anonymous = open_store(url)
+        with pytest.raises(redis.AuthenticationError):
+            anonymous.snapshot_info()
+        anonymous.close()
+        monkeypatch.setenv(REDIS_PASSWORD_ENV, "s3cret")
+        store = open_store(url)
+        store.write_snapshot([(1, [10, 11], [0.9, 0.1])], "v1")
+        assert store.get(1).ad_ids.tolist() == [10, 11]
+        store.close()
+    finally:
+        server.terminate()
+        server.wait(10)
