@@ -58,6 +58,14 @@ def score_only_supervised_positions() -> None:
         trl_utils._use_triton = lambda device: True
 
 
+def reproducibility_facts() -> dict[str, int]:
+    """What a rerun must match to reproduce the weights bit for bit on CPU: the intra-op thread count decides the
+    order of floating-point reductions (docs/evaluation.md, "Reproducibility")."""
+    import torch
+
+    return {"leadre.torch_threads": torch.get_num_threads()}
+
+
 def precision() -> dict[str, bool]:
     """bf16 where the GPU supports it; full precision on CPU (TRL's bf16 default fails there)."""
     import torch

@@ -45,7 +45,7 @@ def run_dpo(params: Params, resume: bool = False) -> dict[str, Any]:
         import mlflow
 
         mlflow.log_params({"leadre.lora": use_lora, "leadre.train_rows": len(train), "leadre.eval_rows": len(valid),
-                           "leadre.parameters": parameter_count(model)})
+                           "leadre.parameters": parameter_count(model), **common.reproducibility_facts()})
         # the SFT model's preference accuracy, before DPO changes the weights, is the figure DPO has to beat
         before = preference_accuracy(model, tokenizer, valid, cfg.batch_size) if len(valid) else {}
         peft = (common.lora_config(cfg.lora, common.new_token_ids(tokenizer, sid_vocabulary(params.sids)),

@@ -68,7 +68,7 @@ def run_sft(params: Params, resume: bool = False) -> dict[str, Any]:
 
         mlflow.log_params({"leadre.base_model": params.model.base_model, "leadre.lora": use_lora,
                            "leadre.train_rows": len(train), "leadre.eval_rows": len(valid),
-                           "leadre.parameters": parameter_count(model)})
+                           "leadre.parameters": parameter_count(model), **common.reproducibility_facts()})
         started = time.perf_counter()
         result = trainer.train(resume_from_checkpoint=resume_from)
         seconds = time.perf_counter() - started
