@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from leadre.config import Params
+from leadre.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ PREVIOUS_CHAMPION_TAG = "leadre.previous_champion"
 PROMOTED_AT_TAG = "leadre.promoted_at"
 
 
-class RegistryError(RuntimeError):
+class RegistryError(UserError, RuntimeError):
     """A registry operation cannot be done as asked (no challenger, a failed gate, nothing to roll back to)."""
 
 
