@@ -26,6 +26,9 @@ from leadre.config import ConfigError, Params, load_params, parse_overrides
 from leadre.errors import LeadreError, UserError, one_line
 
 
+UNEXPECTED_HINT = "(run with --verbose for the traceback)"  # marks an error the platform did not raise on purpose
+
+
 class _State:
     params_file: Path | None = None
     overrides: dict[str, Any] = {}
@@ -96,7 +99,7 @@ def report_error(err: Exception) -> int:
         message, status = missing_input(err), 1
     else:  # not raised on purpose: say what it is, keep the traceback for --verbose
         message = f"{type(err).__name__}: {one_line(str(err))}"
-        message += "" if _State.verbose else " (run with --verbose for the traceback)"
+        message += "" if _State.verbose else f" {UNEXPECTED_HINT}"
         status = 1
     typer.echo(f"error: {message}", err=True)
     return status
