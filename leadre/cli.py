@@ -25,7 +25,6 @@ from typer.core import TyperGroup, TyperOption
 from leadre.config import ConfigError, Params, load_params, parse_overrides
 from leadre.errors import LeadreError, UserError, one_line
 
-
 UNEXPECTED_HINT = "(run with --verbose for the traceback)"  # marks an error the platform did not raise on purpose
 
 
@@ -59,8 +58,8 @@ class LeadreGroup(TyperGroup):
 def hoist_global_options(group: TyperGroup, args: list[str]) -> list[str]:
     """Move the group's own options (e.g. `-S k=v` in `leadre sft -S k=v`) in front of the subcommand, where click
     reads them. No subcommand may reuse their names (tests/code/test_cli.py checks)."""
-    takes_value = {name: not option.is_flag for option in group.params if isinstance(option, TyperOption)
-                   and option.name != "help" for name in (*option.opts, *option.secondary_opts)}
+    options = [p for p in group.params if isinstance(p, TyperOption) and p.name != "help"]
+    takes_value = {name: not option.is_flag for option in options for name in (*option.opts, *option.secondary_opts)}
     hoisted: list[str] = []
     rest: list[str] = []
     i = 0
