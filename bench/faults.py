@@ -126,14 +126,15 @@ def state(before: str | None, after: str | None) -> str:
     return "unchanged" if before == after else "missing" if after is None else "changed"
 
 
-def one_line_error(result: subprocess.CompletedProcess, needle: str = "") -> tuple[bool, str]:
-    """(the CLI failed as a user error should: exit 1, one `error:` line last, no traceback; what it printed)."""
+def one_line_error(result: subprocess.CompletedProcess, *needles: str) -> tuple[bool, str]:
+    """(the CLI failed as a user error should: exit 1, one `error:` line last, no traceback, naming each of
+    `needles`; what it printed)."""
     lines = result.stderr.splitlines()
     errors = [line for line in lines if line.startswith("error: ")]
     shown = lines if result.returncode or not result.stdout.strip() else result.stdout.splitlines()
     said = errors[-1] if errors else (shown[-1] if shown else "(nothing printed)")
     ok = (result.returncode == 1 and errors == lines[-1:] and "Traceback" not in result.stderr
-          and UNEXPECTED_HINT not in said and needle.lower() in said.lower())
+          and UNEXPECTED_HINT not in said and all(needle.lower() in said.lower() for needle in needles))
     return ok, f"exit {result.returncode}: {said}"
 
 
@@ -266,28 +267,31 @@ def _csv_world(ws: Workspace, name: str) -> Path:
     return folder
 
 
-def _rejected_by_import(ws: Workspace, scenario: str, folder: Path, needle: str, *extra: str) -> Row:
+def _rejected_by_import(ws: Workspace, scenario: str, folder: Path, needles: tuple[str, ...], *extra: str) -> Row:
     imported = ws.path(ws.params.data.imported_dir)
     before = fingerprint(imported)
-    ok, observed = one_line_error(ws.run("data", "import", str(folder), *extra), needle)
+    ok, observed = one_line_error(ws.run("data", "import", str(folder), *extra), *needles)
     after = fingerprint(imported)
-    return Row(scenario, f"exit 1, one line naming {needle!r}; {rel(ws, imported)} as before", observed,
-               ok=ok and before == after, data_lost=before != after)
+    return Row(scenario, f"exit 1, one line naming {' and '.join(map(repr, needles))}; {rel(ws, imported)} as "
+               "before", observed, ok=ok and before == after, data_lost=before != after)
 
 
 def mapping_is_a_list(ws: Workspace) -> Row:
     folder = _csv_world(ws, "mapping_list")
     mapping = folder / "mapping.yaml"
     mapping.write_text("- users\n- ads\n", encoding="utf-8")
-    return _rejected_by_import(ws, "mapping.yaml as a list", folder, "mapping.yaml", "--mapping", str(mapping))
+    return _rejected_by_import(ws, "mapping.yaml as a list", folder, ("mapping.yaml",), "--mapping", str(mapping))
 
 
 def duplicated_csv_header(ws: Workspace) -> Row:
+    """users.csv with `age` twice (two exports pasted side by side): which one is the age?"""
+    import pandas as pd
+
     folder = _csv_world(ws, "duplicated_header")
-    users = folder / "users.csv"
-    header, rest = users.read_text(encoding="utf-8").split("\n", 1)
-    users.write_text(header.replace("gender", "age", 1) + "\n" + rest, encoding="utf-8")  # two `age` columns
-    return _rejected_by_import(ws, "duplicated CSV header", folder, "age")
+    users = pd.read_csv(folder / "users.csv")
+    users["age_again"] = users["age"].fillna(0) + 1
+    users.to_csv(folder / "users.csv", index=False, header=[*users.columns[:-1], "age"])
+    return _rejected_by_import(ws, "duplicated CSV header", folder, ("duplicate", "age"))
 
 
 def id_3e0(ws: Workspace) -> Row:
@@ -295,7 +299,7 @@ def id_3e0(ws: Workspace) -> Row:
     users = folder / "users.csv"
     header, first, rest = users.read_text(encoding="utf-8").split("\n", 2)
     users.write_text("\n".join([header, "3e0," + first.split(",", 1)[1], rest]), encoding="utf-8")
-    return _rejected_by_import(ws, 'id "3e0"', folder, "user_id")
+    return _rejected_by_import(ws, 'id "3e0"', folder, ("user_id",))
 
 
 def nan_gate_threshold(ws: Workspace) -> Row:
