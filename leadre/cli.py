@@ -1,23 +1,140 @@
 """`leadre`: one command per pipeline step. DVC stages and Airflow tasks call these same functions.
 
-Heavy libraries (Great Expectations, torch, MLflow) are imported inside the commands that need them, so
-`leadre --help` and DAG parsing stay fast.
+Heavy libraries (Great Expectations, torch, MLflow) are imported inside the commands that need them, after the
+params load, so `leadre --help`, DAG parsing and a params mistake stay fast.
+
+Every failure is one line on stderr, `error: <what> (<fix>)`, and exit status 1 (75 for a `TransientError`: worth
+another try); `--verbose` adds the traceback. Global options (`--params`, `-S`, `--verbose`) may come before or
+after the subcommand.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import sys
-from collections.abc import Callable
-from functools import wraps
+import traceback
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup, TyperOption
 
 from leadre.config import ConfigError, Params, load_params, parse_overrides
+from leadre.errors import LeadreError, UserError, one_line
 
-app = typer.Typer(help="LEADRE Platform: train, evaluate, promote and serve an LLM ad recommender.",
+UNEXPECTED_HINT = "(run with --verbose for the traceback)"  # marks an error the platform did not raise on purpose
+
+
+class _State:
+    params_file: Path | None = None
+    overrides: dict[str, Any] = {}
+    verbose: bool = False
+
+
+class LeadreGroup(TyperGroup):
+    """The top-level command: global options anywhere on the line, and every failure as one line on stderr."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, hoist_global_options(self, args))
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:  # an embedding caller handles exceptions itself
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            status = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except (KeyboardInterrupt, typer.Abort):
+            typer.echo("error: interrupted", err=True)
+            sys.exit(130)
+        except Exception as err:
+            sys.exit(report_error(err))
+        # non-standalone click returns the exit code of a typer.Exit, or the command's return value (None)
+        sys.exit(status if isinstance(status, int) else 0)
+
+
+def hoist_global_options(group: TyperGroup, args: list[str]) -> list[str]:
+    """Move the group's own options (e.g. `-S k=v` in `leadre sft -S k=v`) in front of the subcommand, where click
+    reads them. No subcommand may reuse their names (tests/code/test_cli.py checks)."""
+    options = [p for p in group.params if isinstance(p, TyperOption) and p.name != "help"]
+    takes_value = {name: not option.is_flag for option in options for name in (*option.opts, *option.secondary_opts)}
+    hoisted: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        name = arg.split("=", 1)[0]
+        if arg == "--":
+            rest += args[i:]
+            break
+        if name in takes_value and takes_value[name] and "=" not in arg and i + 1 < len(args):
+            hoisted += args[i:i + 2]  # `-S k=v`, `--params FILE`
+            i += 2
+            continue
+        attached = arg[:2] in takes_value and len(arg) > 2 and not arg.startswith("--") and takes_value[arg[:2]]
+        if name in takes_value or attached:  # a flag, `--set=k=v` or `-Sk=v`
+            hoisted.append(arg)
+        else:
+            rest.append(arg)
+        i += 1
+    return hoisted + rest
+
+
+def report_error(err: Exception) -> int:
+    """Print `err` as one line on stderr (plus the traceback with --verbose) and return the exit status."""
+    if type(err).__name__ == "NoArgsIsHelpError":  # typer's own test: the class is not public
+        return err.exit_code  # the help is already printed
+    if _State.verbose and not isinstance(err, typer.TyperException):
+        traceback.print_exception(err)
+    if isinstance(err, typer.TyperException):  # click's usage errors (typer vendors click)
+        ctx = getattr(err, "ctx", None)
+        see = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        message, status = one_line(err.format_message()) + see, 1
+    elif isinstance(err, LeadreError):
+        message, status = one_line(str(err)), err.exit_code
+    elif isinstance(err, FileNotFoundError):
+        message, status = missing_input(err), 1
+    else:  # not raised on purpose: say what it is, keep the traceback for --verbose
+        message = f"{type(err).__name__}: {one_line(str(err))}"
+        message += "" if _State.verbose else f" {UNEXPECTED_HINT}"
+        status = 1
+    typer.echo(f"error: {message}", err=True)
+    return status
+
+
+def missing_input(err: FileNotFoundError) -> str:
+    """A missing file as `<path>: not found (run `leadre <step>` first)`; our own messages already carry the fix."""
+    text = str(err)
+    if err.filename is None and " " in text:
+        return one_line(text)
+    path = Path(err.filename if err.filename is not None else text)
+    step = _producer(path)
+    return f"{path}: not found" + (f" (run `leadre {step}` first)" if step else "")
+
+
+def _producer(path: Path) -> str | None:
+    """The command that writes `path`, when it lies in one of the params' step outputs."""
+    try:
+        params = current_params()
+    except ConfigError:
+        return None
+    outputs = {
+        params.data.generated_dir: "data generate", params.data.imported_dir: "data import DIR",
+        params.data.validated_dir: "data validate", params.sids.out_dir: "sids build",
+        params.prompts.out_dir: "prompts build", params.sft.out_dir: "sft", params.dpo.out_dir: "dpo",
+        params.evaluate.reports_dir: "evaluate", params.evaluate.metrics_file: "evaluate",
+        params.gate.decision_file: "gate",
+    }
+    path = path.resolve()
+    for output, step in outputs.items():
+        if path.is_relative_to(params.path(output).resolve()):
+            return step
+    return None
+
+
+app = typer.Typer(cls=LeadreGroup, help="LEADRE Platform: train, evaluate, promote and serve an LLM ad recommender.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Raw data → validated data.", no_args_is_help=True)
 sids_app = typer.Typer(help="Semantic IDs: ad text → codebook tokens the LLM generates.", no_args_is_help=True)
@@ -26,24 +143,29 @@ app.add_typer(data_app, name="data")
 app.add_typer(sids_app, name="sids")
 app.add_typer(prompts_app, name="prompts")
 
-F = TypeVar("F", bound=Callable[..., Any])
 
-
-class _State:
-    params_file: Path | None = None
-    overrides: dict[str, Any] = {}
+def _print_version(value: bool) -> None:
+    if value:
+        try:
+            typer.echo(f"leadre {version('leadre')}")
+        except PackageNotFoundError:  # run from a checkout that was never installed
+            typer.echo("leadre (not installed)")
+        raise typer.Exit()
 
 
 @app.callback()
 def main(
     params: Annotated[Path | None, typer.Option("--params", help="params file (default: ./params.yaml or $LEADRE_PARAMS)")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", "-S", help="override a param: -S world.scale=tiny")] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logs; tracebacks with errors")] = False,
+    _version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                           help="print the version and exit")] = False,
 ) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("great_expectations").setLevel(logging.WARNING)  # its INFO chatter buries our messages
     _State.params_file = params
+    _State.verbose = verbose
     try:
         _State.overrides = parse_overrides(set_ or [])
     except ConfigError as err:
@@ -54,122 +176,101 @@ def current_params() -> Params:
     return load_params(_State.params_file, _State.overrides)
 
 
-def step(func: F) -> F:
-    """Turn the platform's expected failures into one clear message and a non-zero exit, without a traceback."""
-    from leadre.data.tables import DataError
-    from leadre.registry.models import RegistryError
-    from leadre.train.model import ModelError
-
-    @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except ConfigError as err:
-            typer.echo(f"error: {err}", err=True)
-            raise typer.Exit(2) from None
-        except (DataError, FileNotFoundError, ModelError, RegistryError) as err:  # bad or missing input: a message, not a traceback
-            typer.echo(f"error: {err}", err=True)
-            raise typer.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
 @data_app.command("generate")
-@step
 def data_generate(
     scale: Annotated[str | None, typer.Option(help="a preset from world.scales (default: world.scale)")] = None,
 ) -> None:
     """Generate the seeded ad world into data.generated_dir."""
+    params = current_params()
     from leadre.data.generate import run_generate
 
-    counts = run_generate(current_params(), scale=scale)
+    counts = run_generate(params, scale=scale)
     typer.echo(f"generated {counts}")
 
 
 @data_app.command("import")
-@step
 def data_import(
     source: Annotated[Path, typer.Argument(help="folder with users/ads/contents/queries/events as .csv or .parquet")],
     mapping: Annotated[Path | None, typer.Option(help="YAML: per table, a file name and contract→your column names")] = None,
 ) -> None:
     """Import your own logs into data.imported_dir (then `dvc add data/imported`)."""
+    params = current_params()
     from leadre.data.importer import run_import
 
-    counts = run_import(current_params(), source, mapping)
+    counts = run_import(params, source, mapping)
     typer.echo(f"imported {counts}")
 
 
 @data_app.command("validate")
-@step
 def data_validate(
     source: Annotated[Path | None, typer.Option(help="folder to validate (default: data.source_dir)")] = None,
 ) -> None:
     """Validate with Great Expectations; write data.validated_dir only if every rule holds."""
+    params = current_params()
     from leadre.data.validate import run_validate
 
-    summary = run_validate(current_params(), source)
+    summary = run_validate(params, source)
     rows = ", ".join(f"{name}={table['rows']}" for name, table in summary["tables"].items())
     expectations = sum(table.get("expectations", 0) for table in summary["tables"].values())
     typer.echo(f"validation passed: {expectations} expectations over {rows}")
 
 
 @sids_app.command("build")
-@step
 def sids_build() -> None:
     """Embed ad texts, train residual codebooks, give every ad a unique S-ID; save codebooks, table and trie."""
+    params = current_params()
     from leadre.sids.build import run_build_sids
 
-    report = run_build_sids(current_params())
+    report = run_build_sids(params)
     typer.echo(f"semantic IDs built: {report['ads']} ads, collision rate before disambiguation "
                f"{report['collision_rate']:.2%}")
 
 
 @sids_app.command("assign")
-@step
 def sids_assign() -> None:
     """Give ads that have no S-ID yet one from the frozen codebooks (new ads become recommendable at once)."""
+    params = current_params()
     from leadre.sids.build import run_assign_sids
 
-    report = run_assign_sids(current_params())
+    report = run_assign_sids(params)
     typer.echo(f"assigned S-IDs to {report['assigned']} new ads")
 
 
 @prompts_app.command("build")
-@step
 def prompts_build() -> None:
     """Build the SFT mixture (main + auxiliary tasks), the DPO pairs and the evaluation prompts."""
+    params = current_params()
     from leadre.prompts.build import run_build_prompts
 
-    card = run_build_prompts(current_params())
+    card = run_build_prompts(params)
     typer.echo(f"prompts built: {card['counts']}")
 
 
 @app.command("sft")
-@step
 def sft(
     resume: Annotated[bool, typer.Option("--resume", help="continue from the last checkpoint in sft.checkpoint_dir")] = False,
 ) -> None:
     """Supervised fine-tuning (TRL SFTTrainer) on the main + auxiliary tasks; the model goes to sft.out_dir."""
+    params = current_params()
     from leadre.train.sft import run_sft
 
-    metrics = run_sft(current_params(), resume=resume)
+    metrics = run_sft(params, resume=resume)
     typer.echo("sft done: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
 
 
 @app.command("dpo")
-@step
 def dpo(
     resume: Annotated[bool, typer.Option("--resume", help="continue from the last checkpoint in dpo.checkpoint_dir")] = False,
 ) -> None:
     """Preference alignment (TRL DPOTrainer) from the SFT model towards higher-eCPM ads; model to dpo.out_dir."""
+    params = current_params()
     from leadre.train.dpo import run_dpo
 
-    metrics = run_dpo(current_params(), resume=resume)
+    metrics = run_dpo(params, resume=resume)
     typer.echo("dpo done: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
 
 
 @app.command("generate")
-@step
 def generate(
     model: Annotated[Path | None, typer.Option(help="model bundle folder (default: evaluate.candidate_dir)")] = None,
     split: Annotated[str, typer.Option(help="prompts split whose users to recommend for")] = "test",
@@ -178,36 +279,37 @@ def generate(
     out: Annotated[Path | None, typer.Option(help="write user_id, ad_ids, scores as Parquet")] = None,
 ) -> None:
     """Trie-constrained beam search: each user's top-K live ads from a trained model, with scores."""
+    params = current_params()
     from leadre.generate.cli import run_generate
 
-    rows = run_generate(current_params(), model, split, users, k, out)
+    rows = run_generate(params, model, split, users, k, out)
     for row in rows[: min(len(rows), 5)]:
         typer.echo(f"user {row['user_id']}: " + ", ".join(f"{a} ({s:.2f})" for a, s in zip(row["ad_ids"], row["scores"])))
 
 
 @app.command("evaluate")
-@step
 def evaluate() -> None:
     """Offline evaluation: candidate, champion and baselines on the time split; metrics, plots and report."""
+    params = current_params()
     from leadre.evaluate.run import run_evaluate
 
-    summary = run_evaluate(current_params())
-    primary = current_params().gate.primary_metric
+    summary = run_evaluate(params)
+    primary = params.gate.primary_metric
     typer.echo(f"evaluated {summary['users']} users: " + ", ".join(
         f"{name} {primary}={values[primary]:.4f}" for name, values in summary["methods"].items()))
 
 
 @app.command("gate")
-@step
 def gate(
     xcom: Annotated[Path | None, typer.Option(help="also write the decision JSON here (a Kubernetes pod's "
                                                    "/airflow/xcom/return.json)")] = None,
 ) -> None:
     """Decide whether the candidate may replace the champion; register it as the challenger; write the decision."""
+    params = current_params()
     from leadre.evaluate.gate import run_gate
     from leadre.io import write_json
 
-    decision = run_gate(current_params())
+    decision = run_gate(params)
     if xcom is not None:
         write_json(xcom, decision)
     verdict = "PASSED" if decision["passed"] else "FAILED"
@@ -216,12 +318,17 @@ def gate(
 
 
 @app.command("promote")
-@step
-def promote() -> None:
+def promote(
+    force: Annotated[bool, typer.Option("--force", help="promote even a version that was rolled back (recorded on "
+                                                        "the version)")] = False,
+) -> None:
     """Point the registry's `champion` alias at the challenger, if its gate passed."""
+    params = current_params()
     from leadre.registry.promote import run_promote
 
-    result = run_promote(current_params())
+    if force and "force" not in inspect.signature(run_promote).parameters:
+        raise UserError("promote --force: this version of leadre.registry.promote cannot force a promotion")
+    result = run_promote(params, **({"force": True} if force else {}))
     if result["promoted"]:
         typer.echo(f"champion is now version {result['champion']} (was {result['previous']})")
     else:
@@ -229,22 +336,22 @@ def promote() -> None:
 
 
 @app.command("rollback")
-@step
 def rollback() -> None:
     """Point `champion` back at the version it replaced."""
+    params = current_params()
     from leadre.registry.promote import run_rollback
 
-    result = run_rollback(current_params())
+    result = run_rollback(params)
     typer.echo(f"champion rolled back from version {result['rolled_back_from']} to {result['champion']}")
 
 
 @app.command("nearline")
-@step
 def nearline() -> None:
     """Near-line refresh: the champion's top-N live ads for every active user, published to the candidate store."""
+    params = current_params()
     from leadre.serve.nearline import run_nearline
 
-    summary = run_nearline(current_params())
+    summary = run_nearline(params)
     if "skipped" in summary:
         typer.echo(f"near-line skipped: {summary['skipped']}")
         return
@@ -253,15 +360,15 @@ def nearline() -> None:
 
 
 @app.command("serve")
-@step
 def serve(
     host: Annotated[str | None, typer.Option(help="bind address (default: serve.host)")] = None,
     port: Annotated[int | None, typer.Option(help="port (default: serve.port)")] = None,
 ) -> None:
     """The online recommendation API (FastAPI): answers from the candidate store, follows the champion alias."""
+    params = current_params()
     from leadre.serve.service import run_serve
 
-    run_serve(current_params(), host, port)
+    run_serve(params, host, port)
 
 
 if __name__ == "__main__":

@@ -21,12 +21,14 @@ from pydantic import (
     model_validator,
 )
 
+from leadre.errors import UserError
+
 PARAMS_ENV = "LEADRE_PARAMS"
 DEFAULT_PARAMS_FILE = "params.yaml"
 SQLITE_PREFIX = "sqlite:///"  # SQLAlchemy's form: three slashes then a relative path, four for an absolute one
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """params.yaml (or an override) is missing, malformed or names an unknown key."""
 
 

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from leadre.data.contracts import CONTRACTS, TABLES, Column, Table
+from leadre.errors import UserError
 from leadre.io import atomic_dir, read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class Finding:
         return text
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Input data breaks its contract. Carries every finding; str() is the message a user reads."""
 
     def __init__(self, findings: list[Finding], headline: str = "data does not meet its contract"):

@@ -272,12 +272,13 @@ def run_local_step(step: str, default_params: Path | str) -> Any:
     """The body of a local-runner task: `leadre.steps.run_step` (the CLI's and DVC's code) with the form's overrides.
 
     LEADRE_RETRAIN_ID is the DAG run id, so every step's MLflow run nests under one parent run per retrain.
-    A params error or bad input data fails the task without retries: a second try would fail the same way.
+    A `UserError` (bad params, data, model or registry state) fails the task without retries: a second try would
+    fail the same way. Anything else is retried.
     """
     from airflow.sdk import get_current_context
     from airflow.sdk.exceptions import AirflowFailException
 
-    from leadre.config import ConfigError
+    from leadre.errors import UserError
     from leadre.steps import run_step
 
     context = get_current_context()
@@ -287,12 +288,8 @@ def run_local_step(step: str, default_params: Path | str) -> Any:
     try:
         with _env(RETRAIN_ENV, context["run_id"]):
             summary = run_step(step, path, overrides)
-    except ConfigError as err:
+    except UserError as err:
         raise AirflowFailException(f"{step}: {err}") from err
-    except Exception as err:
-        if type(err).__name__ == "DataError":  # leadre.data.tables.DataError: bad input data, not a glitch
-            raise AirflowFailException(f"{step}: {err}") from err
-        raise
     return jsonable(summary)
 
 

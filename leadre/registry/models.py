@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from leadre.config import Params
+from leadre.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ ROLLED_BACK_AT_TAG = "leadre.rolled_back_at"
 FORCED_PROMOTION_TAG = "leadre.forced_promotion"  # when a rolled-back version was promoted again on purpose
 
 
-class RegistryError(RuntimeError):
+class RegistryError(UserError, RuntimeError):
     """A registry operation cannot be done as asked (no challenger, a failed gate, nothing to roll back to)."""
 
 

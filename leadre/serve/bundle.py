@@ -17,6 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from leadre.errors import UserError
 from leadre.io import atomic_file
 
 REQUIRED_AD_COLUMNS = ("ad_id", "industry", "ecpm", "popularity")
@@ -25,7 +26,7 @@ _META_MODEL_VERSION = b"leadre.model_version"
 _META_ADS_VERSION = b"leadre.ads_version"
 
 
-class BundleError(ValueError):
+class BundleError(UserError, ValueError):
     """A bundle cannot be served; the message names the column or field at fault."""
 
 

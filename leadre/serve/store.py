@@ -27,6 +27,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import numpy as np
 
+from leadre.errors import UserError
+
 if TYPE_CHECKING:
     from leadre.serve.redis_store import RedisCandidateStore
     from leadre.serve.sqlite_store import SQLiteCandidateStore
@@ -44,7 +46,7 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 SNAPSHOT_ID_PATTERN = re.compile(r"^s[0-9a-f]{12}_[0-9a-f]{8}$")
 
 
-class StoreError(ValueError):
+class StoreError(UserError, ValueError):
     """Rows handed to `write_snapshot` (or a store URL) are malformed; the message names the row or option."""
 
 

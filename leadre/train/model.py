@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from leadre.config import ModelParams
+from leadre.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ TINY_SPECIAL_TOKENS = {"pad_token": "<|endoftext|>", "eos_token": "<|im_end|>", 
                        "additional": ["<|im_start|>"]}
 
 
-class ModelError(ValueError):
+class ModelError(UserError, ValueError):
     """base_model is missing, unreadable, or not a causal language model."""
 
 
