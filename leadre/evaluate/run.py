@@ -58,8 +58,9 @@ class EvalSet:
 def load_eval_set(params: Params) -> EvalSet:
     ev = params.evaluate
     folder = params.path(params.prompts.out_dir) / "sft" / ev.split
+    files = sorted(folder.glob("*.parquet"))
     rows = pd.concat([pd.read_parquet(f, columns=["prompt", "task", "user_id", "cutoff", "all_target_ad_ids"])
-                      for f in sorted(folder.glob("*.parquet"))], ignore_index=True)
+                      for f in files], ignore_index=True) if files else pd.DataFrame({"task": []})
     rows = rows[rows["task"] == "main"]
     if rows.empty:
         raise FileNotFoundError(f"{folder}: no main-task rows to evaluate (run `leadre prompts build` first)")

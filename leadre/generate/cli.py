@@ -18,7 +18,10 @@ def run_generate(params: Params, model: Path | None, split: str, users: int, k: 
                  out: Path | None) -> list[dict[str, Any]]:
     folder = params.path(params.prompts.out_dir) / "sft" / split
     set_cpu_threads(params.model.cpu_threads)
-    rows = pd.concat([pd.read_parquet(f, columns=["prompt", "task", "user_id"]) for f in sorted(folder.glob("*.parquet"))])
+    files = sorted(folder.glob("*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"{folder}: no prompts (run `leadre prompts build` first)")
+    rows = pd.concat([pd.read_parquet(f, columns=["prompt", "task", "user_id"]) for f in files])
     rows = rows[rows["task"] == "main"].drop_duplicates("user_id").sort_values("user_id").head(users)
     if rows.empty:
         raise FileNotFoundError(f"{folder}: no main-task prompts (run `leadre prompts build` first)")
