@@ -21,6 +21,7 @@ import yaml
 from leadre.config import Params
 from leadre.data.contracts import TABLES
 from leadre.data.tables import DataError, Finding, load_table, table_file, write_tables
+from leadre.io import portable_path
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def run_import(params: Params, source: Path, mapping_file: Path | None = None, o
     if findings:
         raise DataError(findings, headline=f"import of {source} failed; nothing was written")
     out_dir = out_dir or params.path(params.data.imported_dir)
-    counts = write_tables(tables, out_dir, {"source": "imported", "from": str(source),
+    counts = write_tables(tables, out_dir, {"source": "imported", "from": portable_path(source, params.root),
                                             "snapshot_time": params.data.snapshot_time.isoformat()})
     log.info("imported %s into %s", counts, out_dir)
     return counts

@@ -27,7 +27,7 @@ from leadre.config import Params
 from leadre.data.contracts import (ACTION_BY_CONTENT_KIND, ACTIONS_BY_DOMAIN, CONTRACTS, EVENT_IDENTITY, TABLES,
                                    Table)
 from leadre.data.tables import DataError, Finding, load_table, table_file, write_tables
-from leadre.io import atomic_dir, write_json
+from leadre.io import atomic_dir, portable_path, write_json
 
 log = logging.getLogger(__name__)
 
@@ -325,16 +325,17 @@ def run_validate(params: Params, source_dir: Path | None = None) -> dict:
             rules = [r for name in TABLES for r in table_rules(CONTRACTS[name], snapshot)] + cross_table_rules()
             findings, counts = run_suites(frames, rules, tables, files, settings.examples_per_rule,
                                           tmp / "data_docs" if settings.data_docs else None)
-        seconds = round(time.perf_counter() - started, 2)
         n_expectations = sum(c["expectations"] for c in counts.values())
+        # Paths relative to the project and no wall time: the summary of a passing run is the same bytes in every
+        # clone (DVC hashes it); the run's seconds go to the metrics file only.
         summary = {
             "status": "failed" if findings else "passed",
-            "source": str(source),
+            "source": portable_path(source, params.root),
             "snapshot_time": snapshot.isoformat(),
-            "tables": {name: {"file": str(files.get(name, "")), "rows": len(tables[name]) if name in tables else None,
+            "tables": {name: {"file": portable_path(files[name], params.root) if name in files else "",
+                              "rows": len(tables[name]) if name in tables else None,
                               **counts.get(name, {})} for name in TABLES},
             "failures": [{**asdict(f), "message": str(f)} for f in findings],
-            "seconds": seconds,
         }
         write_json(tmp / "summary.json", summary)
     write_json(params.path(settings.metrics_file), {
@@ -342,13 +343,13 @@ def run_validate(params: Params, source_dir: Path | None = None) -> dict:
         "rules_failed": len(findings),
         "expectations": n_expectations,
         "rows": {name: len(frame) for name, frame in tables.items()},
-        "seconds": seconds,
+        "seconds": round(time.perf_counter() - started, 2),
     })
     if findings:
         raise DataError(findings, headline=f"validation of {source} failed: {len(findings)} rule(s) broken "
                                            f"(full report: {reports_dir / 'summary.json'})")
     validated_dir = params.path(params.data.validated_dir)
-    manifest = {"source": str(source), "snapshot_time": snapshot.isoformat(),
+    manifest = {"source": portable_path(source, params.root), "snapshot_time": snapshot.isoformat(),
                 "expectations": n_expectations}
     write_tables(tables, validated_dir, manifest)
     log.info("validated %s → %s in %.1fs", source, validated_dir, time.perf_counter() - started)

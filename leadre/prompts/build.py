@@ -205,10 +205,12 @@ def run_build_prompts(params: Params) -> dict:
             aux.close()
         for name, n in aux.rows.items():
             rows[name] = rows.get(name, 0) + n
-        card = _card(rows, tokens, intent_counts, intents, settings, time.perf_counter() - started)
+        card = _card(rows, tokens, intent_counts, intents, settings)
         write_json(tmp / "card.json", card)
         (tmp / "README.md").write_text(_card_markdown(card), encoding="utf-8")
     _log_to_mlflow(card)
+    # the wall time is returned and logged, never written into the output: same inputs, same bytes (DVC hashes it)
+    card["seconds"] = round(time.perf_counter() - started, 2)
     log.info("prompts: %s in %.1fs", card["counts"], card["seconds"])
     return card
 
@@ -328,7 +330,7 @@ def _write_aux(writers, ads: pd.DataFrame, ad_sid, n_main: int, settings, rng):
             all_target_ad_ids=_id_lists(np.arange(n + 1), chosen["ad_id"].to_numpy())))
 
 
-def _card(rows: dict, tokens: dict, intent_counts, intents, settings, seconds: float) -> dict:
+def _card(rows: dict, tokens: dict, intent_counts, intents, settings) -> dict:
     lengths = {split: np.concatenate(parts) if parts else np.zeros(0) for split, parts in tokens.items()}
     percentiles = {split: ({f"p{q}": int(np.percentile(v, q)) for q in (50, 90, 99)} | {"max": int(v.max())}
                            if len(v) else {}) for split, v in lengths.items()}
@@ -337,7 +339,7 @@ def _card(rows: dict, tokens: dict, intent_counts, intents, settings, seconds: f
                     if intent_counts[i] > 0}
     return {"counts": dict(sorted(rows.items())),
             "prompt_tokens": percentiles, "max_prompt_tokens": settings.max_prompt_tokens,
-            "train_intent_share": distribution, "seconds": round(seconds, 2)}
+            "train_intent_share": distribution}
 
 
 def _card_markdown(card: dict) -> str:
