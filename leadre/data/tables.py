@@ -128,11 +128,21 @@ def _read_csv(path: Path, table: Table) -> pd.DataFrame:
         raise DataError([Finding(str(path), "text is UTF-8", table.name, rows=[row], lines=[line],
                                  examples=[f"byte 0x{raw[err.start]:02x} at offset {err.start}"])]) from None
     try:
-        header = next(csv.reader(io.StringIO(text)), [])
+        header = next(csv.reader(_lines(text)), [])
         _check_unique_names(path, table, header)
         return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_values=[""])
     except (pd.errors.ParserError, csv.Error) as err:
         raise DataError([Finding(str(path), "well-formed CSV", table.name, detail=str(err))]) from None
+
+
+def _lines(text: str):
+    """Lines of `text` one at a time: the header needs the first, not a second copy of a multi-gigabyte file."""
+    start = 0
+    while start < len(text):
+        end = text.find("\n", start)
+        end = len(text) if end < 0 else end + 1
+        yield text[start:end]
+        start = end
 
 
 def _check_unique_names(path: Path, table: Table, names: Sequence[str]) -> None:
