@@ -58,3 +58,13 @@ def write_json(target: Path | str, payload: Any) -> None:
 
 def read_json(path: Path | str) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def portable_path(path: Path | str, root: Path | str) -> str:
+    """`path` as written into an output: relative to the project `root` when inside it, so the output's bytes (and
+    its DVC hash) do not depend on where the repository was cloned; an outside path stays as it is."""
+    path = Path(path)
+    try:
+        return path.resolve().relative_to(Path(root).resolve()).as_posix()
+    except ValueError:
+        return str(path)

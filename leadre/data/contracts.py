@@ -28,6 +28,14 @@ ACTIONS_BY_DOMAIN = {
 ACTIONS = tuple(a for actions in ACTIONS_BY_DOMAIN.values() for a in actions)
 ACTION_BY_CONTENT_KIND = {"short_video": "play_video", "article": "read_article"}
 INDUSTRY_PATTERN = r"^[a-z0-9_]+/[a-z0-9_]+$"  # two levels: industry/sub_industry
+# No timestamp may be earlier. Broken exports write 0 (1970-01-01) or a tool's default date for a missing time, and
+# such an event would sit years outside any training window while passing every ordering rule; real ad logs this
+# platform reads start well after 2000. A fixed bound, not snapshot minus a window: imported history may be long.
+EARLIEST_TIME = "2000-01-01T00:00:00+00:00"
+# Free text reaches the training prompts verbatim: C0/C1 control characters (NUL, ESC, line breaks, tab) and the
+# Unicode direction controls (bidi embeddings, overrides and isolates, which can make a prompt read differently from
+# its bytes) are rejected, as are the Unicode line and paragraph separators.
+FORBIDDEN_TEXT_CHARACTERS = r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]"
 
 
 @dataclass(frozen=True)
@@ -42,7 +50,8 @@ class Column:
     strict_min: bool = False
     allowed: tuple[str, ...] | None = None
     pattern: str | None = None  # regex every non-null value must match
-    text: bool = False  # free text: must contain a non-blank character
+    text: bool = False  # free text: a non-blank character, no forbidden characters, at most max_length characters
+    max_length: int | None = None
 
 
 @dataclass(frozen=True)
@@ -70,9 +79,9 @@ USERS = Table(
         Column("user_id", "int", "user id", unique=True, min=0),
         Column("gender", "category", "self-reported gender", nullable=True, allowed=GENDERS),
         Column("age", "int", "age in years", nullable=True, min=13, max=100),
-        Column("residence", "str", "city/district", nullable=True, text=True),
-        Column("education", "category", "highest education", nullable=True, text=True),
-        Column("occupation", "category", "occupation", nullable=True, text=True),
+        Column("residence", "str", "city/district", nullable=True, text=True, max_length=100),
+        Column("education", "category", "highest education", nullable=True, text=True, max_length=100),
+        Column("occupation", "category", "occupation", nullable=True, text=True, max_length=100),
     ),
 )
 
@@ -83,10 +92,10 @@ ADS = Table(
     sort_by=("ad_id",),
     columns=(
         Column("ad_id", "int", "ad id", unique=True, min=0),
-        Column("title", "str", "ad title as shown", text=True),
-        Column("description", "str", "ad body text", text=True),
+        Column("title", "str", "ad title as shown", text=True, max_length=200),
+        Column("description", "str", "ad body text", text=True, max_length=2000),
         Column("industry", "category", "industry/sub_industry", pattern=INDUSTRY_PATTERN),
-        Column("advertiser", "category", "advertiser name", text=True),
+        Column("advertiser", "category", "advertiser name", text=True, max_length=200),
         Column("landing_type", "category", "what a click opens", allowed=LANDING_TYPES),
         Column("bid", "float", "advertiser bid per click", min=0, strict_min=True),
         Column("ecpm", "float", "expected revenue per 1000 impressions (business value)", min=0, strict_min=True),
@@ -104,8 +113,8 @@ CONTENTS = Table(
     sort_by=("content_id",),
     columns=(
         Column("content_id", "int", "content id", unique=True, min=0),
-        Column("title", "str", "content title", text=True),
-        Column("category", "category", "content category", text=True),
+        Column("title", "str", "content title", text=True, max_length=200),
+        Column("category", "category", "content category", text=True, max_length=100),
         Column("kind", "category", "short_video or article", allowed=CONTENT_KINDS),
     ),
 )
@@ -117,8 +126,9 @@ QUERIES = Table(
     sort_by=("query_id",),
     columns=(
         Column("query_id", "int", "query id", unique=True, min=0),
-        Column("text", "str", "query text as typed", text=True),
-        Column("topic", "category", "an industry/sub_industry or a content category", text=True),
+        Column("text", "str", "query text as typed", text=True, max_length=200),
+        Column("topic", "category", "an industry/sub_industry or a content category", text=True,
+               max_length=100),
     ),
 )
 

@@ -24,13 +24,14 @@ import numpy as np
 import pandas as pd
 
 from leadre.config import Params
-from leadre.data.contracts import (ACTION_BY_CONTENT_KIND, ACTIONS_BY_DOMAIN, CONTRACTS, EVENT_IDENTITY, TABLES,
-                                   Table)
-from leadre.data.tables import DataError, Finding, load_table, table_file, write_tables
-from leadre.io import atomic_dir, write_json
+from leadre.data.contracts import (ACTION_BY_CONTENT_KIND, ACTIONS_BY_DOMAIN, CONTRACTS, EARLIEST_TIME, EVENT_IDENTITY,
+                                   FORBIDDEN_TEXT_CHARACTERS, TABLES, Table)
+from leadre.data.tables import DataError, Finding, load_table, shown_value, table_file, write_tables
+from leadre.io import atomic_dir, portable_path, write_json
 
 log = logging.getLogger(__name__)
 
+FLOAT_MAX = float(np.finfo(np.float64).max)
 # Frames whose rows are event rows: their findings are reported against the events file.
 EVENT_REFERENCES = "event_references"
 AD_LIFECYCLE = "ad_lifecycle"
@@ -63,12 +64,20 @@ def table_rules(table: Table, snapshot: datetime) -> list[Rule]:
             rules.append(Rule(E.ExpectColumnValuesToNotBeNull(column=c.name), table.name, "not null", c.name, quote))
         if c.unique:
             rules.append(Rule(E.ExpectColumnValuesToBeUnique(column=c.name), table.name, "unique", c.name, quote))
-        if c.min is not None or c.max is not None:
+        if c.kind == "float" or c.min is not None or c.max is not None:
+            # inf passes "> 0" and NaN no comparison at all: a float rule bounds both ends with finite numbers (NaN
+            # is a null here, which the not-null rule rejects where the column is required). int64 is finite by type.
+            finite = c.kind == "float"
             bounds = f"{'>' if c.strict_min else '>='} {c.min:g}" if c.min is not None else ""
             bounds += (" and " if bounds and c.max is not None else "") + (f"<= {c.max:g}" if c.max is not None else "")
-            rules.append(Rule(E.ExpectColumnValuesToBeBetween(column=c.name, min_value=c.min, max_value=c.max,
-                                                              strict_min=c.strict_min),
-                              table.name, f"value {bounds}", c.name, quote))
+            rules.append(Rule(E.ExpectColumnValuesToBeBetween(
+                column=c.name, strict_min=c.strict_min,
+                min_value=-FLOAT_MAX if c.min is None and finite else c.min,
+                max_value=FLOAT_MAX if c.max is None and finite else c.max),
+                table.name, ("finite " if finite else "") + f"value {bounds}".strip(), c.name, quote))
+        if c.kind == "timestamp":
+            rules.append(Rule(E.ExpectColumnValuesToBeBetween(column=c.name, min_value=pd.Timestamp(EARLIEST_TIME)),
+                              table.name, f"on or after {EARLIEST_TIME[:10]}", c.name, quote))
         if c.allowed:
             rules.append(Rule(E.ExpectColumnValuesToBeInSet(column=c.name, value_set=list(c.allowed)),
                               table.name, f"one of {', '.join(c.allowed)}", c.name, quote))
@@ -78,6 +87,11 @@ def table_rules(table: Table, snapshot: datetime) -> list[Rule]:
         if c.text:
             rules.append(Rule(E.ExpectColumnValuesToMatchRegex(column=c.name, regex=r"\S"),
                               table.name, "text is not blank", c.name, quote))
+            rules.append(Rule(E.ExpectColumnValuesToNotMatchRegex(column=c.name, regex=FORBIDDEN_TEXT_CHARACTERS),
+                              table.name, "no control or bidi characters", c.name, quote))
+        if c.max_length is not None:
+            rules.append(Rule(E.ExpectColumnValueLengthsToBeBetween(column=c.name, max_value=c.max_length),
+                              table.name, f"length <= {c.max_length}", c.name, quote))
     snapshot_ts = pd.Timestamp(snapshot).tz_convert("UTC")
     if table.name == "ads":
         rules += [
@@ -220,7 +234,7 @@ def _report_table(frame_name: str) -> str:
 
 def _quote(frame: pd.DataFrame, row: int, columns: tuple[str, ...]) -> str:
     values = {c: frame[c].iloc[row] for c in columns if c in frame.columns}
-    return ", ".join(f"{c}={v!r}" if isinstance(v, str) else f"{c}={v}" for c, v in values.items())
+    return ", ".join(f"{c}={shown_value(v)}" for c, v in values.items())
 
 
 def run_suites(frames: dict[str, Callable[[], pd.DataFrame]], rules: list[Rule], tables: dict[str, pd.DataFrame],
@@ -325,16 +339,17 @@ def run_validate(params: Params, source_dir: Path | None = None) -> dict:
             rules = [r for name in TABLES for r in table_rules(CONTRACTS[name], snapshot)] + cross_table_rules()
             findings, counts = run_suites(frames, rules, tables, files, settings.examples_per_rule,
                                           tmp / "data_docs" if settings.data_docs else None)
-        seconds = round(time.perf_counter() - started, 2)
         n_expectations = sum(c["expectations"] for c in counts.values())
+        # Paths relative to the project and no wall time: the summary of a passing run is the same bytes in every
+        # clone (DVC hashes it); the run's seconds go to the metrics file only.
         summary = {
             "status": "failed" if findings else "passed",
-            "source": str(source),
+            "source": portable_path(source, params.root),
             "snapshot_time": snapshot.isoformat(),
-            "tables": {name: {"file": str(files.get(name, "")), "rows": len(tables[name]) if name in tables else None,
+            "tables": {name: {"file": portable_path(files[name], params.root) if name in files else "",
+                              "rows": len(tables[name]) if name in tables else None,
                               **counts.get(name, {})} for name in TABLES},
             "failures": [{**asdict(f), "message": str(f)} for f in findings],
-            "seconds": seconds,
         }
         write_json(tmp / "summary.json", summary)
     write_json(params.path(settings.metrics_file), {
@@ -342,13 +357,13 @@ def run_validate(params: Params, source_dir: Path | None = None) -> dict:
         "rules_failed": len(findings),
         "expectations": n_expectations,
         "rows": {name: len(frame) for name, frame in tables.items()},
-        "seconds": seconds,
+        "seconds": round(time.perf_counter() - started, 2),
     })
     if findings:
         raise DataError(findings, headline=f"validation of {source} failed: {len(findings)} rule(s) broken "
                                            f"(full report: {reports_dir / 'summary.json'})")
     validated_dir = params.path(params.data.validated_dir)
-    manifest = {"source": str(source), "snapshot_time": snapshot.isoformat(),
+    manifest = {"source": portable_path(source, params.root), "snapshot_time": snapshot.isoformat(),
                 "expectations": n_expectations}
     write_tables(tables, validated_dir, manifest)
     log.info("validated %s → %s in %.1fs", source, validated_dir, time.perf_counter() - started)

@@ -35,6 +35,9 @@ TRIE_FILE = "trie.json"
 REPORT_FILE = "report.json"
 LIVE_STATUS = "active"
 MLFLOW_PREFIX = "sids"
+# Facts about the run, not the S-IDs: a warm cache or a busy machine changes them for the same data. They are
+# returned and logged but kept out of report.json, so the output folder is the same bytes for the same inputs.
+RUN_FACTS = ("encoded_texts", "cached_texts", "seconds")
 
 __all__ = ["SidCollisionError", "ad_texts", "disambiguate", "load_sid_table", "run_assign_sids", "run_build_sids",
            "sid_tokens", "sid_vocabulary"]
@@ -244,8 +247,8 @@ def run_build_sids(params: Params) -> dict[str, Any]:
                        {"encoder": sids.encoder, "encoder_id": embedding.encoder_id,
                         "max_collisions": sids.max_collisions})
         trie.save(tmp / TRIE_FILE)
-        seconds["total"] = time.perf_counter() - started
-        write_json(tmp / REPORT_FILE, report)
+        write_json(tmp / REPORT_FILE, {k: v for k, v in report.items() if k not in RUN_FACTS})
+    seconds["total"] = time.perf_counter() - started
     log.info("S-IDs for %d ads (%d live) in %s: collision rate %.2f%% before disambiguation",
              report["ads"], report["live_ads"], out_dir, 100 * report["collision_rate"])
     log_to_mlflow(report)
@@ -302,7 +305,7 @@ def run_assign_sids(params: Params) -> dict[str, Any]:
     report = read_json(out_dir / REPORT_FILE) if (out_dir / REPORT_FILE).is_file() else {}
     assigned = {"assigned": int(len(new_ids)), "ads": int(len(table)), "live_ads": int(table["live"].sum()),
                 "encoded_texts": encoded, "cached_texts": cached, "seconds": time.perf_counter() - started}
-    report.update(ads=assigned["ads"], live_ads=assigned["live_ads"], last_assign=assigned)
+    report.update(ads=assigned["ads"], live_ads=assigned["live_ads"], last_assign={k: v for k, v in assigned.items() if k not in RUN_FACTS})
     with atomic_dir(out_dir) as tmp:
         for kept in out_dir.iterdir():  # frozen codebooks and weights travel unchanged into the new folder
             if kept.name not in (TABLE_FILE, TRIE_FILE, REPORT_FILE) and kept.is_file():

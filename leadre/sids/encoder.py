@@ -14,7 +14,6 @@ import hashlib
 import importlib.util
 import json
 import logging
-import uuid
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -107,24 +106,30 @@ def _load(folder: str):
 def encode_texts(folder: Path, texts: list[str], batch_size: int, progress_bar=None) -> np.ndarray:
     """Embed `texts` (float32, L2-normalised rows) with the encoder in `folder`; rows come back in input order.
 
-    Texts are batched in length order so a batch pads to similar lengths (the same trick sentence-transformers uses).
+    A batch holds texts of one token length only, so nothing is padded: a padded batch's matrix shapes change the
+    summation order inside the kernels, and a text's vector then differs in the last bits with the texts encoded
+    beside it (measured: most values of all-MiniLM-L6-v2 on CPU). Without padding, a text's vector is a function of
+    the text alone, so a warm embedding cache gives the bytes a cold run gives, and the S-IDs fitted on them too.
     """
     import torch
 
     tokenizer, model, max_tokens = _load(str(folder))
     out = np.empty((len(texts), model.config.hidden_size), dtype=np.float32)
-    order = np.argsort([-len(t) for t in texts], kind="stable")
+    if not texts:
+        return out
+    token_ids = tokenizer(texts, truncation=True, max_length=max_tokens)["input_ids"]
+    lengths = np.array([len(ids) for ids in token_ids])
+    order = np.lexsort((np.arange(len(texts)), -lengths))  # longest first, input order among equal lengths
+    boundaries = np.flatnonzero(np.diff(lengths[order])) + 1
     with torch.inference_mode():
-        for start in range(0, len(texts), batch_size):
-            rows = order[start:start + batch_size]
-            batch = tokenizer([texts[i] for i in rows], padding=True, truncation=True, max_length=max_tokens,
-                              return_tensors="pt")
-            hidden = model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            out[rows] = torch.nn.functional.normalize(pooled, p=2, dim=1).numpy()
-            if progress_bar is not None:
-                progress_bar.update(len(rows))
+        for same_length in np.split(order, boundaries):
+            for start in range(0, len(same_length), batch_size):
+                rows = same_length[start:start + batch_size]
+                input_ids = torch.tensor([token_ids[i] for i in rows])
+                hidden = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids)).last_hidden_state
+                out[rows] = torch.nn.functional.normalize(hidden.mean(1), p=2, dim=1).numpy()
+                if progress_bar is not None:
+                    progress_bar.update(len(rows))
     return out
 
 
@@ -179,7 +184,10 @@ class EmbeddingCache:
         if not len(digests):
             return
         self.folder.mkdir(parents=True, exist_ok=True)
-        with atomic_dir(self.folder / f"{SHARD_PREFIX}{len(self):09d}-{uuid.uuid4().hex[:8]}") as tmp:
+        # Named by content, not at random: two runs that cache the same texts write the same folder (same DVC hash);
+        # two processes caching different texts at once still get different names.
+        content = hashlib.sha256(digests.tobytes()).hexdigest()[:8]
+        with atomic_dir(self.folder / f"{SHARD_PREFIX}{len(self):09d}-{content}") as tmp:
             np.save(tmp / "keys.npy", digests)
             np.save(tmp / "vectors.npy", vectors.astype(np.float32, copy=False))
         self._keys = None  # reload lazily with the new shard

@@ -114,6 +114,41 @@ def _unparseable_time(data: bytes) -> tuple[bytes, int]:
     return b"\n".join(lines), 3
 
 
+def _csv_field(line: int, column: int, value: bytes):
+    """Set one field of the CSV's 0-based `line` (the header is line 0, so data row N is line N); count `column` from
+    the end to step past text fields that hold commas."""
+    def edit(data: bytes) -> tuple[bytes, int]:
+        lines = data.split(b"\n")
+        fields = lines[line].split(b",")
+        fields[column] = value
+        lines[line] = b",".join(fields)
+        return b"\n".join(lines), line
+    return edit
+
+
+def _duplicate_header(data: bytes) -> tuple[bytes, None]:
+    """A second `ecpm` column (the last one): a reader that renames it `ecpm.1` would silently ignore it."""
+    lines = data.split(b"\n")
+    lines = [line + (b",ecpm" if i == 0 else b",-1") if line else line for i, line in enumerate(lines)]
+    return b"\n".join(lines), None
+
+
+def _csv_of(table: str, change: Change):
+    """Replace the table's Parquet file by a CSV of the changed frame (pandas quotes what needs quoting)."""
+    def corrupt(folder: Path) -> int | None:
+        frame, row = change(pd.read_parquet(folder / f"{table}.parquet"))
+        (folder / f"{table}.parquet").unlink()
+        frame.to_csv(folder / f"{table}.csv", index=False)
+        return row
+    return corrupt
+
+
+def _title_with_line_break_then_bad_id(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """Row 2's title spans two lines (quoted, legal CSV); row 5's id is not a number."""
+    frame, _ = _set(frame, 1, "title", "first line\nsecond line")
+    return _set(frame, 4, "content_id", "abc")
+
+
 CORRUPTIONS = [
     Corruption("missing column", _edit("ads", lambda f: (f.drop(columns=["ecpm"]), None)), "ads.parquet",
                "required column present"),
@@ -155,6 +190,42 @@ CORRUPTIONS = [
         f, _first(f, f["status"] == "active"), "status", "expired")), "ads.parquet", "status is expired exactly when"),
     Corruption("ad clicked before launch", _launch_clicked_ad_after_its_clicks, "events.parquet",
                "ad event not before the ad's created_at"),
+    # numbers must be finite: an infinite eCPM would pass "> 0" and break ranking downstream
+    Corruption("infinite eCPM", _edit("ads", lambda f: _set(f, 4, "ecpm", float("inf"))), "ads.parquet",
+               "finite value > 0"),
+    Corruption("minus infinite bid", _edit("ads", lambda f: _set(f, 3, "bid", float("-inf"))), "ads.parquet",
+               "finite value > 0"),
+    Corruption("NaN eCPM", _edit("ads", lambda f: _set(f, 6, "ecpm", float("nan"))), "ads.parquet", "not null"),
+    Corruption("eCPM 'inf' in a CSV", _as_csv("ads", _csv_field(3, -4, b"inf")), "ads.csv", "finite value > 0"),
+    Corruption("eCPM '1e999' in a CSV", _as_csv("ads", _csv_field(2, -4, b"1e999")), "ads.csv", "finite value > 0"),
+    Corruption("eCPM 'NaN' in a CSV", _as_csv("ads", _csv_field(2, -4, b"NaN")), "ads.csv", "values are of type float"),
+    # ids are integer literals, read exactly
+    Corruption("id in exponent notation", _as_csv("users", _csv_field(4, 0, b"3e0")), "users.csv",
+               "values are of type int"),
+    Corruption("id with a decimal point", _as_csv("events", _csv_field(6, 4, b"4.0")), "events.csv",
+               "values are of type int"),
+    Corruption("id beyond 64 bits", _as_csv("queries", _csv_field(2, 0, b"99999999999999999999")), "queries.csv",
+               "values are of type int"),
+    Corruption("duplicated CSV header", _as_csv("ads", _duplicate_header), "ads.csv", "column names are unique"),
+    Corruption("record with a line break, then a bad id", _csv_of("contents", _title_with_line_break_then_bad_id),
+               "contents.csv", "values are of type int"),
+    # times before 2000 are what broken exports write (0 → 1970-01-01), not ad logs
+    Corruption("event in 1970", _edit("events", lambda f: _set(f, 0, "ts", pd.Timestamp("1970-01-01", tz="UTC"))),
+               "events.parquet", "on or after 2000-01-01"),
+    Corruption("ad launched in 1970", _edit("ads", lambda f: _set(f, 0, "created_at",
+                                                                  pd.Timestamp("1970-01-01", tz="UTC"))),
+               "ads.parquet", "on or after 2000-01-01"),
+    # text reaches the training prompts: no control or direction-changing characters, bounded length
+    Corruption("NUL in a title", _edit("ads", lambda f: _set(f, 2, "title", "Cheap\x00 flights")), "ads.parquet",
+               "no control or bidi characters"),
+    Corruption("ESC sequence in a query", _edit("queries", lambda f: _set(f, 3, "text", "\x1b[31mred")),
+               "queries.parquet", "no control or bidi characters"),
+    Corruption("bidi override in a title", _edit("contents", lambda f: _set(f, 1, "title", "abc\u202edcba")),
+               "contents.parquet", "no control or bidi characters"),
+    Corruption("line break in an advertiser", _edit("ads", lambda f: _set(f, 5, "advertiser", "Acme\nInc")),
+               "ads.parquet", "no control or bidi characters"),
+    Corruption("100 kB title", _edit("ads", lambda f: _set(f, 7, "title", "x" * 100_000)), "ads.parquet",
+               "length <= 200"),
 ]
 
 
@@ -176,6 +247,32 @@ def test_corrupted_input_is_rejected_with_file_rule_and_row(workspace: Params, c
     if row is not None:
         assert row in finding.rows and f"row {row}" in message
     assert not workspace.path(workspace.data.validated_dir).exists()
+
+
+def test_csv_rows_are_records_and_the_message_gives_the_line_each_starts_on(workspace: Params):
+    """A quoted field may hold a line break: row 5 is then on line 7 of the file, not line 6."""
+    _csv_of("contents", _title_with_line_break_then_bad_id)(workspace.path(workspace.data.generated_dir))
+    with pytest.raises(DataError) as caught:
+        run_validate(workspace)
+    finding = next(f for f in caught.value.findings if f.column == "content_id")
+    assert finding.rows == [5] and finding.lines == [7]
+    assert "row 5 (line 7): 'abc'" in str(caught.value)
+    text = (workspace.path(workspace.data.generated_dir) / "contents.csv").read_text().splitlines()
+    assert text[7 - 1].startswith("abc,")
+
+
+def test_an_overflowing_id_is_reported_as_written(workspace: Params):
+    _as_csv("queries", _csv_field(2, 0, b"99999999999999999999"))(workspace.path(workspace.data.generated_dir))
+    with pytest.raises(DataError, match="row 2 \\(line 3\\): '99999999999999999999'") as caught:
+        run_validate(workspace)
+    assert "-9223372036854775808" not in str(caught.value)
+
+
+def test_a_duplicated_csv_header_names_the_column_and_both_positions(workspace: Params):
+    _as_csv("ads", _duplicate_header)(workspace.path(workspace.data.generated_dir))
+    with pytest.raises(DataError, match="ads.csv, column 'ecpm': rule 'column names are unique' broken "
+                                        "\\(header has 'ecpm' in columns 8 and 12\\)"):
+        run_validate(workspace)
 
 
 def test_failed_validation_keeps_previous_validated_data(workspace: Params):

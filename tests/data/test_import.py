@@ -59,3 +59,28 @@ def test_missing_table_file_is_named(workspace: Params, tmp_path):
     (tmp_path / "logs" / "queries.csv").unlink()
     with pytest.raises(DataError, match=r"queries.parquet: rule 'table file exists'.*queries.parquet or queries.csv"):
         run_import(workspace, tmp_path / "logs")
+
+
+@pytest.mark.parametrize(("content", "problem"), [
+    (b"- events\n- ads\n", "expected a mapping of table name to its file and columns, got a list"),
+    (b"events.csv\n", "expected a mapping of table name to its file and columns, got a str"),
+    (b"events:\n  file: null\n", "events.file: expected a file name, got None"),
+    (b"events:\n  columns: {ts: 5}\n", "events.columns: expected contract column: your column name (text)"),
+    (b"events:\n  file: caf\xe9.csv\n", "text is UTF-8"),
+], ids=["list", "scalar", "file null", "column not text", "not UTF-8"])
+def test_a_malformed_mapping_is_one_error_naming_the_file(workspace: Params, tmp_path, content: bytes, problem: str):
+    _export_as_logs(workspace, tmp_path / "logs")
+    mapping = tmp_path / "mapping.yaml"
+    mapping.write_bytes(content)
+    with pytest.raises(DataError) as caught:
+        run_import(workspace, tmp_path / "logs", mapping)
+    assert str(mapping) in str(caught.value) and problem in str(caught.value)
+    assert not workspace.path(workspace.data.imported_dir).exists()
+
+
+def test_a_folder_where_a_table_file_should_be_is_named(workspace: Params, tmp_path):
+    _export_as_logs(workspace, tmp_path / "logs")
+    (tmp_path / "logs" / "events.csv").unlink()
+    (tmp_path / "logs" / "events.csv").mkdir()
+    with pytest.raises(DataError, match=r"events.csv: rule 'table file is a regular file' broken \(it is a folder"):
+        run_import(workspace, tmp_path / "logs")
