@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -203,13 +205,147 @@ def select_rows(cache: Cache, rows: torch.Tensor) -> None:
             layer.reorder_cache(rows)
 
 
+class _CacheDecoder:
+    """One-token steps through the model's own KV cache: every beam holds a full copy of its prompt's keys and values,
+    reordered after each selection. Works for any model; `_PromptPrefixDecoder` is the fast path for most."""
+
+    def __init__(self, model: torch.nn.Module, cache: Cache, attention_mask: torch.Tensor, beam_width: int) -> None:
+        self.model, self.cache, self.mask, self.beam_width = model, cache, attention_mask, beam_width
+
+    def step(self, rows: torch.Tensor, new_tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        select_rows(self.cache, rows)  # the first selection also grows the cache from one row per prompt to one per beam
+        if self.mask.shape[0] != rows.numel():
+            self.mask = self.mask.repeat_interleave(self.beam_width, dim=0)
+        self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], dim=1)
+        out = self.model(input_ids=new_tokens[:, None], attention_mask=self.mask, position_ids=positions,
+                         cache=self.cache, use_cache=True)
+        self.cache = out.cache
+        return out.logits[:, -1]
+
+
+class _PromptPrefixDecoder:
+    """One-token steps that keep each prompt's keys and values once, shared by all of its beams.
+
+    Every beam of a prompt has the same prompt prefix; only its own S-ID tokens (at most sid_length - 1) differ. The
+    generic cache copies the prefix to every beam and copies it again at every reorder: at 20 beams that was most of
+    a search's time and 20× the memory. Here the prefix stays (prompts, heads, length, dim); the beams' own keys and
+    values sit in preallocated (prompts · beams, heads, steps, dim) buffers, and a reorder moves only those. Attention
+    is `_prompt_prefix_attention`, plugged into the model as an attention implementation for the decode steps only.
+    """
+
+    def __init__(self, model: torch.nn.Module, cache: Cache, attention_mask: torch.Tensor, beam_width: int,
+                 steps: int) -> None:
+        self.model, self.beams = model, beam_width
+        self.keys = [layer.keys for layer in cache.layers]
+        self.values = [layer.values for layer in cache.layers]
+        dtype = self.keys[0].dtype
+        self.bias = torch.zeros(attention_mask.shape, dtype=dtype, device=attention_mask.device)
+        self.bias.masked_fill_(attention_mask == 0, float("-inf"))  # every prompt has a token: no row is all -inf
+        self.bias = self.bias[:, None, None, :]
+        prompts, heads, _, dim = self.keys[0].shape
+        self.new_keys = [k.new_empty(prompts * beam_width, heads, steps, dim) for k in self.keys]
+        self.new_values = [v.new_empty(prompts * beam_width, heads, steps, dim) for v in self.values]
+        self.filled = 0
+
+    @staticmethod
+    def fits(model: torch.nn.Module, cache: Cache) -> bool:
+        """Plain decoder-only models on the attention interface, full attention, plain cache layers."""
+        config = model.config
+        return (getattr(model, "_supports_attention_backend", False) and not getattr(config, "sub_configs", None)
+                and all(t == "full_attention" for t in getattr(config, "layer_types", None) or ["full_attention"])
+                and all(type(layer) is DynamicLayer and layer.keys.dim() == 4 for layer in cache.layers))
+
+    def step(self, rows: torch.Tensor, new_tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        if self.filled:  # rows stay within their prompt: the shared prefix needs no reorder
+            for buffer in (*self.new_keys, *self.new_values):
+                buffer[:, :, :self.filled] = buffer[rows, :, :self.filled]
+        with _attention_implementation(self.model, PROMPT_PREFIX_ATTENTION):
+            out = self.model(input_ids=new_tokens[:, None], position_ids=positions, use_cache=False,
+                             prompt_prefix=self)
+        self.filled += 1
+        return out.logits[:, -1]
+
+    def attend(self, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+               scaling: float) -> torch.Tensor:
+        """Attention of each beam's new token over its prompt (shared) and its own tokens so far: (B, 1, Hq, D)."""
+        self.new_keys[layer][:, :, self.filled] = key[:, :, -1]
+        self.new_values[layer][:, :, self.filled] = value[:, :, -1]
+        own_keys = self.new_keys[layer][:, :, :self.filled + 1]
+        own_values = self.new_values[layer][:, :, :self.filled + 1]
+        prefix_keys, prefix_values = self.keys[layer], self.values[layer]
+        prompts, kv_heads, length, dim = prefix_keys.shape
+        rows, heads = query.shape[0], query.shape[1]
+        group, per_prompt = heads // kv_heads, self.beams * heads // kv_heads
+
+        def by_prompt(x: torch.Tensor) -> torch.Tensor:  # (rows, kv_heads, group, n) → (prompts, kv_heads, W·G, n)
+            x = x.reshape(prompts, self.beams, kv_heads, group, x.shape[-1]).transpose(1, 2)
+            return x.reshape(prompts, kv_heads, per_prompt, x.shape[-1])
+
+        def by_row(x: torch.Tensor) -> torch.Tensor:  # the inverse
+            x = x.reshape(prompts, kv_heads, self.beams, group, x.shape[-1]).transpose(1, 2)
+            return x.reshape(rows, kv_heads, group, x.shape[-1])
+
+        query = query.view(rows, kv_heads, group, dim) * scaling
+        # A prompt's beams and the query heads of one KV head are the rows of one product with the shared prefix;
+        # the softmax runs in that layout, in two parts (prefix, own tokens), so the large scores are never copied.
+        prefix_scores = (by_prompt(query) @ prefix_keys.transpose(-1, -2)).float().add_(self.bias)
+        own_scores = by_prompt(query @ own_keys.transpose(-1, -2)).float()
+        top = torch.maximum(prefix_scores.amax(dim=-1, keepdim=True), own_scores.amax(dim=-1, keepdim=True))
+        prefix_weights, own_weights = prefix_scores.sub_(top).exp_(), own_scores.sub_(top).exp_()
+        total = prefix_weights.sum(dim=-1, keepdim=True) + own_weights.sum(dim=-1, keepdim=True)
+        out = prefix_weights.to(value.dtype) @ prefix_values
+        out += by_prompt(by_row(own_weights.to(value.dtype)) @ own_values)
+        out = out.div_(total.to(out.dtype))
+        return by_row(out).reshape(rows, 1, heads, dim)
+
+
+PROMPT_PREFIX_ATTENTION = "leadre_prompt_prefix"
+_SWITCH = threading.Lock()
+
+
+def _prompt_prefix_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                             attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+                             prompt_prefix: _PromptPrefixDecoder | None = None, **kwargs) -> tuple[torch.Tensor, None]:
+    if prompt_prefix is None or query.shape[2] != 1:
+        raise RuntimeError(f"{PROMPT_PREFIX_ATTENTION} attention only runs the beam search's one-token steps")
+    if kwargs.get("sliding_window") is not None or kwargs.get("softcap") is not None or "s_aux" in kwargs:
+        raise NotImplementedError("prompt-prefix attention covers plain full attention only")
+    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    return prompt_prefix.attend(module.layer_idx, query, key, value, scaling), None
+
+
+@contextmanager
+def _attention_implementation(model: torch.nn.Module, name: str) -> Iterator[None]:
+    """The model's attention implementation switched for one call and put back; one switch at a time, process-wide."""
+    from transformers import AttentionInterface
+
+    if name not in AttentionInterface._global_mapping:
+        AttentionInterface.register(name, _prompt_prefix_attention)
+    with _SWITCH:
+        before = model.config._attn_implementation
+        model.config._attn_implementation = name
+        try:
+            yield
+        finally:
+            model.config._attn_implementation = before
+
+
+def _logsumexp_(logits: torch.Tensor) -> torch.Tensor:
+    """Row-wise logsumexp (beams, 1) that overwrites `logits`: no (beams × vocab) temporaries, which on CPU cost
+    more than the arithmetic (fresh pages for every step's large buffer)."""
+    top = logits.amax(dim=-1, keepdim=True)
+    return logits.sub_(top).exp_().sum(dim=-1, keepdim=True).log_().add_(top)
+
+
+@torch.inference_mode()
 def search_batch(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, trie: TokenTrie,
-                 beam_width: int, constrained: bool = True, blocked: torch.Tensor | None = None) -> Beams:
+                 beam_width: int, constrained: bool = True, blocked: torch.Tensor | None = None,
+                 share_prompt_prefix: bool = True) -> Beams:
     """Beam search for one left-padded batch: (prompts, length) ids and mask, on the model's device.
 
     Unconstrained, each beam's candidates are its `beam_width` most likely tokens (no more of them can survive),
     and the trie only labels the final sequences. `blocked` (from `TokenTrie.blocked`, rows of this batch) are trie
-    nodes a prompt may not enter: its excluded ads.
+    nodes a prompt may not enter: its excluded ads. `share_prompt_prefix=False` forces the generic KV-cache path.
     """
     prompts, device = input_ids.shape[0], input_ids.device
     trie = trie.to(device)
@@ -217,36 +353,44 @@ def search_batch(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask
     positions = (attention_mask.long().cumsum(-1) - 1).clamp_(min=0)
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True,
                 **_model_kwargs(model))
-    cache, logits = out.cache, out.logits[:, -1]
+    logits = out.logits[:, -1]
     if trie.max_token_id >= logits.shape[-1]:
         raise ValueError(f"S-ID token id {trie.max_token_id} is outside the model's vocabulary "
                          f"({logits.shape[-1]}): resize its embeddings after adding the S-ID tokens")
-    next_position = positions[:, -1:] + 1
+    if share_prompt_prefix and _PromptPrefixDecoder.fits(model, out.cache):
+        decoder = _PromptPrefixDecoder(model, out.cache, attention_mask, beam_width, trie.sid_length - 1)
+    else:
+        decoder = _CacheDecoder(model, out.cache, attention_mask, beam_width)
+    del out
+    next_position = (positions[:, -1:] + 1).repeat_interleave(beam_width, dim=0)
     scores = torch.zeros(prompts, 1, device=device)
     nodes = torch.zeros(prompts, 1, dtype=torch.long, device=device)
     tokens = torch.zeros(prompts, 1, 0, dtype=torch.long, device=device)
-    mask = attention_mask
+    prompt_rows = torch.arange(prompts, device=device)[:, None]
+    check_blocked = constrained and blocked is not None and blocked.numel() > 0
+    if check_blocked:
+        owner_key = prompt_rows * len(trie.parent)  # a (prompt, node) pair's key is owner_key + node
 
     for depth in range(trie.sid_length):
         beams = scores.shape[1]
         logits = logits.float()
-        normaliser = logits.logsumexp(dim=-1, keepdim=True)  # log-softmax, without a (beams × vocab) copy
         if constrained:
             cand_tokens, cand_nodes, valid = trie.children(nodes.flatten(), depth)
-            cand_scores = (logits.gather(1, cand_tokens) - normaliser).masked_fill_(~valid, DEAD)
-            if blocked is not None and blocked.numel():
-                owner = torch.arange(prompts, device=device).repeat_interleave(beams)[:, None]
-                cand_scores.masked_fill_(torch.isin(owner * len(trie.parent) + cand_nodes, blocked), DEAD)
+            cand_scores = logits.gather(1, cand_tokens).masked_fill_(~valid, DEAD)
+            if check_blocked:
+                keys = owner_key[:, :, None] + cand_nodes.view(prompts, beams, -1)
+                cand_scores.masked_fill_(torch.isin(keys, blocked).view_as(cand_scores), DEAD)
         else:
             top = logits.topk(min(beam_width, logits.shape[-1]), dim=-1)
-            cand_tokens, cand_scores = top.indices, top.values - normaliser
+            cand_tokens, cand_scores = top.indices, top.values
+        cand_scores -= _logsumexp_(logits)  # log-softmax over the whole vocabulary: true log-probs
         width = cand_tokens.shape[1]
         total = (scores[..., None] + cand_scores.view(prompts, beams, width)).view(prompts, beams * width)
         if total.shape[1] < beam_width:  # early levels can have fewer paths than beams: pad with dead slots
             total = torch.cat([total, total.new_full((prompts, beam_width - total.shape[1]), DEAD)], dim=1)
         scores, flat = total.topk(beam_width, dim=1)
         flat = flat.clamp_(max=beams * width - 1)  # dead padding slots point at some real candidate, harmlessly
-        rows = (torch.arange(prompts, device=device)[:, None] * beams + flat // width).flatten()
+        rows = (prompt_rows * beams + flat // width).flatten()
         picked = rows * width + (flat % width).flatten()
         new_tokens = cand_tokens.flatten()[picked]
         tokens = torch.cat([tokens.view(prompts * beams, -1)[rows], new_tokens[:, None]], dim=1)
@@ -255,14 +399,7 @@ def search_batch(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask
             nodes = cand_nodes.flatten()[picked].view(prompts, beam_width)
         if depth == trie.sid_length - 1:
             break
-        select_rows(cache, rows)  # the first selection also grows the cache from one row per prompt to one per beam
-        if depth == 0:
-            mask = mask.repeat_interleave(beam_width, dim=0)
-            next_position = next_position.repeat_interleave(beam_width, dim=0)
-        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-        out = model(input_ids=new_tokens[:, None], attention_mask=mask, position_ids=next_position + depth,
-                    cache=cache, use_cache=True)
-        cache, logits = out.cache, out.logits[:, -1]
+        logits = decoder.step(rows, new_tokens, next_position + depth)
 
     if constrained:
         sid_index = trie.leaf_sid[nodes]

@@ -283,3 +283,22 @@ def test_rerank_trades_relevance_for_value_and_spreads_industries():
     assert value_scores(np.array([-1.0]), np.array([0.0]), 1.0).tolist() == [-np.inf]
     with pytest.raises(ValueError):
         diversify(logprob, industry, -1.0)
+
+
+@pytest.mark.parametrize("constrained", [True, False])
+def test_shared_prompt_prefix_equals_a_kv_cache_per_beam(constrained):
+    """The fast path (each prompt's keys and values kept once for all its beams) finds what the generic path finds,
+    a full KV cache per beam, and leaves the model's attention implementation as it found it."""
+    rng = random.Random(3)
+    sids = [format_sid(c) for c in sorted({tuple(rng.randrange(4) for _ in range(3)) for _ in range(30)})]
+    prompts = [[rng.randrange(1, SID_TOKEN_BASE) for _ in range(n)] for n in (2, 11, 7)]
+    trie = token_trie(sids)
+    ids, mask = left_pad(prompts, PAD, "cpu")
+    before = tiny_model().config._attn_implementation
+    blocked = trie.blocked([np.array([0, 3]), np.array([], dtype=np.int64), np.array([5])]) if constrained else None
+    shared, per_beam = (search_batch(tiny_model(), ids, mask, trie, 5, constrained, blocked, share_prompt_prefix=share)
+                        for share in (True, False))
+    assert tiny_model().config._attn_implementation == before
+    assert torch.equal(shared.tokens, per_beam.tokens)
+    assert torch.equal(shared.sid_index, per_beam.sid_index)
+    assert torch.allclose(shared.scores, per_beam.scores, atol=SCORE_TOLERANCE)
