@@ -155,6 +155,7 @@ class PromptParams(_Section):
     valid_user_share: float = Field(gt=0, le=1)
     horizon_days: int = Field(gt=0)
     max_train_cutoffs_per_user: int = Field(ge=1)
+    train_cutoff_half_life_days: float | None = Field(gt=0)
     min_history_events: int = Field(ge=1)
     short_term_events: int = Field(ge=1)
     long_term_days: int = Field(gt=0)

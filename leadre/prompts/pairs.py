@@ -114,7 +114,13 @@ def select_pairs(log: EventLog, ad_industry: np.ndarray, snapshot_ms: int, param
     is_click = log.actions[log.action[engaged]] == "click_ad"
     train_end = np.where(held_out[e_user], valid_cut, test_cut)  # per engagement: its user's end of training
     candidates = np.flatnonzero(is_click & (e_ts < train_end) & (history >= params.min_history_events))
-    order = np.lexsort((rng.random(len(candidates)), e_user[candidates]))
+    # A user's first `max_train_cutoffs_per_user` clicks in this order are drawn: exponential keys make it a weighted
+    # sample without replacement (Efraimidis-Spirakis), weight 2^(-age / half-life); uniform without a half-life.
+    draw = rng.random(len(candidates))
+    if params.train_cutoff_half_life_days:
+        age_days = (train_end[candidates] - e_ts[candidates]) / MS_PER_DAY
+        draw = -np.log1p(-draw) * np.exp2(age_days / params.train_cutoff_half_life_days)
+    order = np.lexsort((draw, e_user[candidates]))
     candidates = candidates[order]
     first_of_user = np.r_[True, e_user[candidates][1:] != e_user[candidates][:-1]]
     group_start = np.maximum.accumulate(np.where(first_of_user, np.arange(len(candidates)), 0))
