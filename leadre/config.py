@@ -363,21 +363,25 @@ class OrchestrationParams(_Section):
     retry_delay_minutes: float = Field(gt=0)
     retry_exponential_backoff: float = Field(ge=0)
     max_retry_delay_minutes: float = Field(gt=0)
+    # per step, overriding the defaults in leadre/steps.py; filled in with those, so every step has one
     execution_timeout_minutes: dict[str, float]
 
     @field_validator("execution_timeout_minutes")
     @classmethod
-    def _every_step(cls, value: dict[str, float]) -> dict[str, float]:
-        from leadre.steps import RETRAIN_ORDER
+    def _known_steps(cls, value: dict[str, float]) -> dict[str, float]:
+        from leadre.steps import STEPS
 
-        if set(value) != set(RETRAIN_ORDER):
-            raise ValueError(f"needs exactly the steps {', '.join(RETRAIN_ORDER)} (got {', '.join(value)})")
+        unknown = [name for name in value if name not in STEPS]
+        if unknown:
+            raise ValueError(f"unknown steps {', '.join(unknown)}; steps are {', '.join(STEPS)}")
         if any(minutes <= 0 for minutes in value.values()):
             raise ValueError("timeouts must be positive")
-        return value
+        return {**{name: step.timeout_minutes for name, step in STEPS.items()}, **value}
 
     def timeout(self, step: str) -> timedelta:
-        return timedelta(minutes=self.execution_timeout_minutes[step])
+        from leadre.steps import get_step
+
+        return timedelta(minutes=self.execution_timeout_minutes.get(step, get_step(step).timeout_minutes))
 
 
 class Params(_Section):

@@ -1,4 +1,4 @@
-"""Run the retrain in one process, in `leadre.steps.RETRAIN_ORDER`: no DVC, no Airflow (see README.md here)."""
+"""Run the retrain in one process, in the order of `leadre.steps.STEPS`: no DVC, no Airflow (see README.md here)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import logging
 
 from leadre.config import parse_overrides
-from leadre.steps import RETRAIN_ORDER, run_step
+from leadre.steps import STEPS, run_step
 
 
 def main() -> None:
@@ -18,7 +18,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides = parse_overrides(args.overrides)
     skipped: set[str] = set()
-    for step in RETRAIN_ORDER:
+    for step in STEPS:
         if step in skipped:
             print(f"{step}: skipped (the gate did not pass; the champion stays)")
             continue
