@@ -39,9 +39,10 @@ def serving_ads(params: Params, ads: pd.DataFrame, events: pd.DataFrame, now: pd
 
 def _fusion_channel(params: Params, events: pd.DataFrame, now: pd.Timestamp):
     """The ID-based channel the near-line job fuses with the LLM's lists, fitted on ad engagements before now."""
-    from leadre.evaluate.baselines import ItemKNN, ItemKNNParams, ad_engagements
+    from leadre.evaluate.baselines import ad_engagements, make_baseline
 
-    return ItemKNN(ItemKNNParams(**params.evaluate.baselines.itemknn.model_dump())).fit(ad_engagements(events, now))
+    channel = params.fusion.channel
+    return make_baseline(channel, params.evaluate.baselines[channel]).fit(ad_engagements(events, now))
 
 
 def run_nearline(params: Params) -> dict[str, Any]:
