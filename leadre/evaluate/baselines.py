@@ -34,14 +34,13 @@ from scipy import sparse
 
 from leadre.config import _Section
 from leadre.data.contracts import ACTIONS_BY_DOMAIN
-from leadre.evaluate.metrics import PAD
+from leadre.units import MS_PER_DAY, PAD
 
 if TYPE_CHECKING:
     import torch
 
 ENGAGEMENT_ACTIONS = ACTIONS_BY_DOMAIN["ad"]
 ENGAGEMENT_COLUMNS = ("user_id", "ad_id", "ts")
-MS_PER_DAY = 86_400_000
 # Users scored at once: memory is bounded by this many rows x candidates floats, whatever the number of users.
 SCORE_BATCH_ROWS = 2048
 

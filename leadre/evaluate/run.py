@@ -23,8 +23,8 @@ from leadre.evaluate import metrics as m
 from leadre.evaluate.bootstrap import paired_lift
 from leadre.evaluate.baselines import ad_engagements, engaged_ads, make_baseline
 from leadre.io import write_json
+from leadre.runtime import set_cpu_threads
 from leadre.sids.build import load_sid_table
-from leadre.train.model import set_cpu_threads
 
 log = logging.getLogger(__name__)
 

@@ -18,11 +18,10 @@ import numpy as np
 import pandas as pd
 
 from leadre.config import Params
-from leadre.train.model import ModelError, set_cpu_threads
+from leadre.runtime import set_cpu_threads
+from leadre.train.model import ModelError
 
 log = logging.getLogger(__name__)
-
-MS_PER_DAY = 86_400_000
 
 
 def serving_ads(params: Params, ads: pd.DataFrame, events: pd.DataFrame, now: pd.Timestamp) -> pd.DataFrame:
