@@ -11,7 +11,6 @@ the cores). Target: fit ≤ 20 s at the NDCG@10 of before ± 0.002.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import shutil
 import tempfile
 import time
@@ -61,8 +60,8 @@ def fit_and_score(settings: SASRecParams, data, k: int) -> dict[str, Any]:
 
 def run(data_root: Path, repeats: int, split: str) -> dict[str, Any]:
     params, data = eval_set(data_root, split)
-    now = SASRecParams(**params.evaluate.baselines.sasrec.model_dump())
-    before = dataclasses.replace(now, **BEFORE)
+    now = params.evaluate.baselines["sasrec"]
+    before = now.model_copy(update=BEFORE)
     k = max(params.evaluate.ks)
     runs: dict[str, list[dict[str, Any]]] = {"before": [], "now": []}
     for round_ in range(repeats):  # ABBA: a busy spell on a shared machine lands on both
@@ -71,7 +70,7 @@ def run(data_root: Path, repeats: int, split: str) -> dict[str, Any]:
             print(f"{name} (round {round_ + 1})…", flush=True)
             runs[name].append(fit_and_score(settings, data, k))
     return {"split": split, "users": len(data.user_ids), "engagements": len(data.engagements), "candidates": len(data.candidates),
-            "settings": {"before": dataclasses.asdict(before), "now": dataclasses.asdict(now)}, "runs": runs}
+            "settings": {"before": before.model_dump(), "now": now.model_dump()}, "runs": runs}
 
 
 def table(result: dict[str, Any]) -> str:

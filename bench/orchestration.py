@@ -20,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 
 from bench import save_results
+from leadre.steps import STEPS
 
 REPO = Path(__file__).resolve().parents[1]
 GOAL = 1.15
@@ -57,13 +58,13 @@ def prepare(root: Path) -> Path:
 
 
 def run(keep: bool = False, timeout: float = 1800) -> dict:
-    from leadre.orchestration import dag_support as ds
+    from tests.airflow_harness import run_dag_test
 
     root = Path(tempfile.mkdtemp(prefix="leadre-bench-orchestration-"))
     try:
         params_file = prepare(root / "workspace")
         started = time.perf_counter()
-        result = ds.run_dag_test(root / "airflow", REPO / "dags", CONF, timeout=timeout,
+        result = run_dag_test(root / "airflow", REPO / "dags", CONF, timeout=timeout,
                                  env={"LEADRE_PARAMS": str(params_file), "LEADRE_RETRIES": "0"})
         total = time.perf_counter() - started
         tasks = result["tasks"]
@@ -83,7 +84,7 @@ def run(keep: bool = False, timeout: float = 1800) -> dict:
             "dag_test_process_seconds": result["process_seconds"],
             "airflow_fixed_seconds": result["process_seconds"] - wall,
             "with_db_migrate_seconds": total,
-            "tasks": {step: {"seconds": durations[step], "state": tasks[step]["state"]} for step in ds.STEPS
+            "tasks": {step: {"seconds": durations[step], "state": tasks[step]["state"]} for step in STEPS
                       if step in tasks},
             "conf": CONF,
             "workspace": str(root) if keep else None,

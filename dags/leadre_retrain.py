@@ -2,8 +2,8 @@
 # LEADRE retrain
 
 validate → sids → prompts → sft → dpo → evaluate → gate → promote → nearline, once a week or from the trigger
-form. Every task runs the same step function as `leadre <step>` and `dvc repro` (`leadre.steps`); nothing here
-re-implements a step.
+form: one task per row of the step table (`leadre/steps.py`), in its order. Every task runs the same step function
+as `leadre <step>` and `dvc repro`; nothing here re-implements a step.
 
 * **Gate**: `gate` decides. When the candidate does not pass, `promote` is skipped and the run still succeeds.
   `nearline` runs either way (trigger rule `none_failed`): it refreshes the candidate cache with whichever model
@@ -25,6 +25,7 @@ from pathlib import Path
 from airflow.sdk import chain, dag, task
 
 from leadre.orchestration import dag_support as ds
+from leadre.steps import STEPS
 
 DEFAULT_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"  # dags/ sits beside params.yaml
 ds.set_default_params(ds.params_file(DEFAULT_PARAMS))
@@ -74,9 +75,9 @@ def leadre_retrain():
 
         pod_settings = KubernetesRunnerSettings.from_env()
         tasks = [KubernetesPodOperator(task_id=step, **ds.pod_task_kwargs(step, SETTINGS, pod_settings))
-                 for step in ds.STEPS]
+                 for step in STEPS]
     else:
-        tasks = [local_gate() if step == ds.GATE else local_step(step) for step in ds.STEPS]
+        tasks = [local_gate() if step == ds.GATE else local_step(step) for step in STEPS]
     chain(*tasks)
 
 

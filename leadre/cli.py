@@ -1,4 +1,5 @@
-"""`leadre`: one command per pipeline step. DVC stages and Airflow tasks call these same functions.
+"""`leadre`: one command per pipeline step of the step table (leadre/steps.py), which DVC stages and Airflow tasks
+run too, plus the tools that are no step (data generate/import, sids assign, generate, rollback, serve).
 
 Heavy libraries (Great Expectations, torch, MLflow) are imported inside the commands that need them, after the
 params load, so `leadre --help`, DAG parsing and a params mistake stay fast.
@@ -11,6 +12,7 @@ after the subcommand.
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import sys
 import traceback
@@ -115,33 +117,31 @@ def missing_input(err: FileNotFoundError) -> str:
 
 
 def _producer(path: Path) -> str | None:
-    """The command that writes `path`, when it lies in one of the params' step outputs."""
+    """The command that writes `path`, when it lies in one of the steps' declared outputs."""
+    from leadre.steps import STEPS, resolve
+
     try:
         params = current_params()
     except ConfigError:
         return None
-    outputs = {
-        params.data.generated_dir: "data generate", params.data.imported_dir: "data import DIR",
-        params.data.validated_dir: "data validate", params.sids.out_dir: "sids build",
-        params.prompts.out_dir: "prompts build", params.sft.out_dir: "sft", params.dpo.out_dir: "dpo",
-        params.evaluate.reports_dir: "evaluate", params.evaluate.metrics_file: "evaluate",
-        params.gate.decision_file: "gate",
-    }
+    outputs = {params.data.generated_dir: "data generate", params.data.imported_dir: "data import DIR"}
+    for step in STEPS.values():
+        for output in step.outputs:
+            resolved = resolve(output, lambda key: _attribute(params, key))
+            if resolved is not None:
+                outputs.setdefault(resolved, step.command_line)
     path = path.resolve()
-    for output, step in outputs.items():
+    for output, command in outputs.items():
         if path.is_relative_to(params.path(output).resolve()):
-            return step
+            return command
     return None
 
 
-app = typer.Typer(cls=LeadreGroup, help="LEADRE Platform: train, evaluate, promote and serve an LLM ad recommender.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
-data_app = typer.Typer(help="Raw data → validated data.", no_args_is_help=True)
-sids_app = typer.Typer(help="Semantic IDs: ad text → codebook tokens the LLM generates.", no_args_is_help=True)
-prompts_app = typer.Typer(help="Intent-aware prompts, alignment tasks and DPO pairs.", no_args_is_help=True)
-app.add_typer(data_app, name="data")
-app.add_typer(sids_app, name="sids")
-app.add_typer(prompts_app, name="prompts")
+def _attribute(params: Params, dotted: str) -> Any:
+    node: Any = params
+    for key in dotted.split("."):
+        node = getattr(node, key, None)
+    return node
 
 
 def _print_version(value: bool) -> None:
@@ -153,7 +153,6 @@ def _print_version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
 def main(
     params: Annotated[Path | None, typer.Option("--params", help="params file (default: ./params.yaml or $LEADRE_PARAMS)")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", "-S", help="override a param: -S world.scale=tiny")] = None,
@@ -176,7 +175,15 @@ def current_params() -> Params:
     return load_params(_State.params_file, _State.overrides)
 
 
-@data_app.command("generate")
+def _step(name: str):
+    """The step's function from the step table (leadre/steps.py), imported only now."""
+    from leadre.steps import step_function
+
+    return step_function(name)
+
+
+# ------------------------------------------------------------------------------------------------ tools (not steps)
+
 def data_generate(
     scale: Annotated[str | None, typer.Option(help="a preset from world.scales (default: world.scale)")] = None,
 ) -> None:
@@ -188,7 +195,6 @@ def data_generate(
     typer.echo(f"generated {counts}")
 
 
-@data_app.command("import")
 def data_import(
     source: Annotated[Path, typer.Argument(help="folder with users/ads/contents/queries/events as .csv or .parquet")],
     mapping: Annotated[Path | None, typer.Option(help="YAML: per table, a file name and contract→your column names")] = None,
@@ -201,32 +207,6 @@ def data_import(
     typer.echo(f"imported {counts}")
 
 
-@data_app.command("validate")
-def data_validate(
-    source: Annotated[Path | None, typer.Option(help="folder to validate (default: data.source_dir)")] = None,
-) -> None:
-    """Validate with Great Expectations; write data.validated_dir only if every rule holds."""
-    params = current_params()
-    from leadre.data.validate import run_validate
-
-    summary = run_validate(params, source)
-    rows = ", ".join(f"{name}={table['rows']}" for name, table in summary["tables"].items())
-    expectations = sum(table.get("expectations", 0) for table in summary["tables"].values())
-    typer.echo(f"validation passed: {expectations} expectations over {rows}")
-
-
-@sids_app.command("build")
-def sids_build() -> None:
-    """Embed ad texts, train residual codebooks, give every ad a unique S-ID; save codebooks, table and trie."""
-    params = current_params()
-    from leadre.sids.build import run_build_sids
-
-    report = run_build_sids(params)
-    typer.echo(f"semantic IDs built: {report['ads']} ads, collision rate before disambiguation "
-               f"{report['collision_rate']:.2%}")
-
-
-@sids_app.command("assign")
 def sids_assign() -> None:
     """Give ads that have no S-ID yet one from the frozen codebooks (new ads become recommendable at once)."""
     params = current_params()
@@ -236,41 +216,6 @@ def sids_assign() -> None:
     typer.echo(f"assigned S-IDs to {report['assigned']} new ads")
 
 
-@prompts_app.command("build")
-def prompts_build() -> None:
-    """Build the SFT mixture (main + auxiliary tasks), the DPO pairs and the evaluation prompts."""
-    params = current_params()
-    from leadre.prompts.build import run_build_prompts
-
-    card = run_build_prompts(params)
-    typer.echo(f"prompts built: {card['counts']}")
-
-
-@app.command("sft")
-def sft(
-    resume: Annotated[bool, typer.Option("--resume", help="continue from the last checkpoint in sft.checkpoint_dir")] = False,
-) -> None:
-    """Supervised fine-tuning (TRL SFTTrainer) on the main + auxiliary tasks; the model goes to sft.out_dir."""
-    params = current_params()
-    from leadre.train.sft import run_sft
-
-    metrics = run_sft(params, resume=resume)
-    typer.echo("sft done: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-
-
-@app.command("dpo")
-def dpo(
-    resume: Annotated[bool, typer.Option("--resume", help="continue from the last checkpoint in dpo.checkpoint_dir")] = False,
-) -> None:
-    """Preference alignment (TRL DPOTrainer) from the SFT model towards higher-eCPM ads; model to dpo.out_dir."""
-    params = current_params()
-    from leadre.train.dpo import run_dpo
-
-    metrics = run_dpo(params, resume=resume)
-    typer.echo("dpo done: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-
-
-@app.command("generate")
 def generate(
     model: Annotated[Path | None, typer.Option(help="model bundle folder (default: evaluate.candidate_dir)")] = None,
     split: Annotated[str, typer.Option(help="prompts split whose users to recommend for")] = "test",
@@ -287,55 +232,6 @@ def generate(
         typer.echo(f"user {row['user_id']}: " + ", ".join(f"{a} ({s:.2f})" for a, s in zip(row["ad_ids"], row["scores"])))
 
 
-@app.command("evaluate")
-def evaluate() -> None:
-    """Offline evaluation: candidate, champion and baselines on the time split; metrics, plots and report."""
-    params = current_params()
-    from leadre.evaluate.run import run_evaluate
-
-    summary = run_evaluate(params)
-    primary = params.gate.primary_metric
-    typer.echo(f"evaluated {summary['users']} users: " + ", ".join(
-        f"{name} {primary}={values[primary]:.4f}" for name, values in summary["methods"].items()))
-
-
-@app.command("gate")
-def gate(
-    xcom: Annotated[Path | None, typer.Option(help="also write the decision JSON here (a Kubernetes pod's "
-                                                   "/airflow/xcom/return.json)")] = None,
-) -> None:
-    """Decide whether the candidate may replace the champion; register it as the challenger; write the decision."""
-    params = current_params()
-    from leadre.evaluate.gate import run_gate
-    from leadre.io import write_json
-
-    decision = run_gate(params)
-    if xcom is not None:
-        write_json(xcom, decision)
-    verdict = "PASSED" if decision["passed"] else "FAILED"
-    typer.echo(f"gate {verdict} against {decision['reference']} (challenger version "
-               f"{decision['challenger_version']}):\n  " + "\n  ".join(decision["reasons"]))
-
-
-@app.command("promote")
-def promote(
-    force: Annotated[bool, typer.Option("--force", help="promote even a version that was rolled back (recorded on "
-                                                        "the version)")] = False,
-) -> None:
-    """Point the registry's `champion` alias at the challenger, if its gate passed."""
-    params = current_params()
-    from leadre.registry.promote import run_promote
-
-    if force and "force" not in inspect.signature(run_promote).parameters:
-        raise UserError("promote --force: this version of leadre.registry.promote cannot force a promotion")
-    result = run_promote(params, **({"force": True} if force else {}))
-    if result["promoted"]:
-        typer.echo(f"champion is now version {result['champion']} (was {result['previous']})")
-    else:
-        typer.echo(f"not promoted: the gate failed; champion stays {result['champion']}")
-
-
-@app.command("rollback")
 def rollback() -> None:
     """Point `champion` back at the version it replaced."""
     params = current_params()
@@ -345,21 +241,6 @@ def rollback() -> None:
     typer.echo(f"champion rolled back from version {result['rolled_back_from']} to {result['champion']}")
 
 
-@app.command("nearline")
-def nearline() -> None:
-    """Near-line refresh: the champion's top-N live ads for every active user, published to the candidate store."""
-    params = current_params()
-    from leadre.serve.nearline import run_nearline
-
-    summary = run_nearline(params)
-    if "skipped" in summary:
-        typer.echo(f"near-line skipped: {summary['skipped']}")
-        return
-    typer.echo(f"near-line: {summary['users']} users from model version {summary['model_version']} "
-               f"({summary['users_per_second']:.1f} users/s), snapshot {summary['snapshot_id']}")
-
-
-@app.command("serve")
 def serve(
     host: Annotated[str | None, typer.Option(help="bind address (default: serve.host)")] = None,
     port: Annotated[int | None, typer.Option(help="port (default: serve.port)")] = None,
@@ -369,6 +250,157 @@ def serve(
     from leadre.serve.service import run_serve
 
     run_serve(params, host, port)
+
+
+TOOLS: tuple[tuple[tuple[str, ...], Any], ...] = (
+    (("data", "generate"), data_generate), (("data", "import"), data_import), (("sids", "assign"), sids_assign),
+    (("generate",), generate), (("rollback",), rollback), (("serve",), serve),
+)
+
+
+# ------------------------------------------------------------------------------------------------ steps
+# A step's command here adds its own options and a readable summary line; its help is the step table's doc. A step
+# without one gets `_plain_step_command`: no options, the summary as JSON.
+
+def data_validate(
+    source: Annotated[Path | None, typer.Option(help="folder to validate (default: data.source_dir)")] = None,
+) -> None:
+    params = current_params()
+    summary = _step("validate")(params, source)
+    rows = ", ".join(f"{name}={table['rows']}" for name, table in summary["tables"].items())
+    expectations = sum(table.get("expectations", 0) for table in summary["tables"].values())
+    typer.echo(f"validation passed: {expectations} expectations over {rows}")
+
+
+def sids_build() -> None:
+    params = current_params()
+    report = _step("sids")(params)
+    typer.echo(f"semantic IDs built: {report['ads']} ads, collision rate before disambiguation "
+               f"{report['collision_rate']:.2%}")
+
+
+def prompts_build() -> None:
+    params = current_params()
+    card = _step("prompts")(params)
+    typer.echo(f"prompts built: {card['counts']}")
+
+
+def sft(
+    resume: Annotated[bool, typer.Option("--resume", help="continue from the last checkpoint in sft.checkpoint_dir")] = False,
+) -> None:
+    params = current_params()
+    metrics = _step("sft")(params, resume=resume)
+    typer.echo("sft done: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+
+
+def dpo(
+    resume: Annotated[bool, typer.Option("--resume", help="continue from the last checkpoint in dpo.checkpoint_dir")] = False,
+) -> None:
+    params = current_params()
+    metrics = _step("dpo")(params, resume=resume)
+    typer.echo("dpo done: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+
+
+def evaluate() -> None:
+    params = current_params()
+    summary = _step("evaluate")(params)
+    primary = params.gate.primary_metric
+    typer.echo(f"evaluated {summary['users']} users: " + ", ".join(
+        f"{name} {primary}={values[primary]:.4f}" for name, values in summary["methods"].items()))
+
+
+def gate(
+    xcom: Annotated[Path | None, typer.Option(help="also write the decision JSON here (a Kubernetes pod's "
+                                                   "/airflow/xcom/return.json)")] = None,
+) -> None:
+    params = current_params()
+    decision = _step("gate")(params)
+    if xcom is not None:
+        from leadre.io import write_json
+
+        write_json(xcom, decision)
+    verdict = "PASSED" if decision["passed"] else "FAILED"
+    typer.echo(f"gate {verdict} against {decision['reference']} (challenger version "
+               f"{decision['challenger_version']}):\n  " + "\n  ".join(decision["reasons"]))
+
+
+def promote(
+    force: Annotated[bool, typer.Option("--force", help="promote even a version that was rolled back (recorded on "
+                                                        "the version)")] = False,
+) -> None:
+    params = current_params()
+    run_promote = _step("promote")
+    if force and "force" not in inspect.signature(run_promote).parameters:
+        raise UserError("promote --force: this version of leadre.registry.promote cannot force a promotion")
+    result = run_promote(params, **({"force": True} if force else {}))
+    if result["promoted"]:
+        typer.echo(f"champion is now version {result['champion']} (was {result['previous']})")
+    else:
+        typer.echo(f"not promoted: the gate failed; champion stays {result['champion']}")
+
+
+def nearline() -> None:
+    params = current_params()
+    summary = _step("nearline")(params)
+    if "skipped" in summary:
+        typer.echo(f"near-line skipped: {summary['skipped']}")
+        return
+    typer.echo(f"near-line: {summary['users']} users from model version {summary['model_version']} "
+               f"({summary['users_per_second']:.1f} users/s), snapshot {summary['snapshot_id']}")
+
+
+STEP_COMMANDS: dict[str, Any] = {
+    "validate": data_validate, "sids": sids_build, "prompts": prompts_build, "sft": sft, "dpo": dpo,
+    "evaluate": evaluate, "gate": gate, "promote": promote, "nearline": nearline,
+}
+
+
+def _plain_step_command(name: str):
+    def command() -> None:
+        params = current_params()
+        summary = _step(name)(params)
+        typer.echo(f"{name}: {json.dumps(summary, default=str)}")
+
+    return command
+
+
+GROUP_HELP = {
+    "data": "Raw data → validated data.",
+    "sids": "Semantic IDs: ad text → codebook tokens the LLM generates.",
+    "prompts": "Intent-aware prompts, alignment tasks and DPO pairs.",
+}
+
+
+def build_app() -> typer.Typer:
+    """The `leadre` command: every step of the step table at its command, plus the tools that are no step."""
+    from leadre.steps import STEPS
+
+    root = typer.Typer(cls=LeadreGroup, help="LEADRE Platform: train, evaluate, promote and serve an LLM ad "
+                       "recommender.", no_args_is_help=True, pretty_exceptions_enable=False)
+    root.callback()(main)
+    groups: dict[str, typer.Typer] = {}
+    for group, text in GROUP_HELP.items():
+        groups[group] = typer.Typer(help=text, no_args_is_help=True)
+        root.add_typer(groups[group], name=group)
+
+    def register(command: tuple[str, ...], function: Any, help: str | None = None) -> None:
+        if len(command) == 1:
+            root.command(command[0], help=help)(function)
+            return
+        group, name = command
+        if group not in groups:
+            groups[group] = typer.Typer(help=GROUP_HELP.get(group), no_args_is_help=True)
+            root.add_typer(groups[group], name=group)
+        groups[group].command(name, help=help)(function)
+
+    for step in STEPS.values():
+        register(step.command, STEP_COMMANDS.get(step.name) or _plain_step_command(step.name), help=step.doc)
+    for command, function in TOOLS:
+        register(command, function)
+    return root
+
+
+app = build_app()
 
 
 if __name__ == "__main__":

@@ -248,38 +248,6 @@ class GenerateParams(_Section):
     device: str
 
 
-class PopularityBaseline(_Section):
-    half_life_days: float | None = Field(gt=0)
-
-
-class ItemKnnBaseline(_Section):
-    neighbours: int | None = Field(ge=1)
-    shrink: float = Field(ge=0)
-    fallback_half_life_days: float | None = Field(gt=0)
-
-
-class SasRecBaseline(_Section):
-    hidden: int = Field(ge=1)
-    layers: int = Field(ge=1)
-    heads: int = Field(ge=1)
-    max_len: int = Field(ge=2)
-    epochs: int = Field(ge=1)
-    lr: float = Field(gt=0)
-    batch_size: int = Field(ge=1)
-    dropout: float = Field(ge=0, lt=1)
-    weight_decay: float = Field(ge=0)
-    seed: int
-    device: str
-    threads: int = Field(ge=1)
-    fallback_half_life_days: float | None = Field(gt=0)
-
-
-class BaselinesParams(_Section):
-    popularity: PopularityBaseline
-    itemknn: ItemKnnBaseline
-    sasrec: SasRecBaseline
-
-
 class BootstrapParams(_Section):
     resamples: int = Field(ge=100)
     confidence: float = Field(gt=0.5, lt=1)
@@ -301,7 +269,16 @@ class EvaluateParams(_Section):
     reports_dir: Path
     metrics_file: Path
     bootstrap: BootstrapParams
-    baselines: BaselinesParams
+    # name → settings of the ID-based baselines to run, in order; each name is a class registered in
+    # leadre/evaluate/baselines.py, whose params model checks the settings
+    baselines: dict[str, Any] = Field(min_length=1)
+
+    @field_validator("baselines")
+    @classmethod
+    def _registered_baselines(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from leadre.evaluate.baselines import baseline_settings  # numpy/pandas: only once params are loaded
+
+        return baseline_settings(value)
 
     @field_validator("ks")
     @classmethod
@@ -323,7 +300,7 @@ class RegistryParams(_Section):
 
 
 class FusionParams(_Section):
-    channel: Literal["itemknn"]
+    channel: str  # one of evaluate.baselines
     llm_weight: float = Field(ge=0)
     channel_weight: float = Field(ge=0)
     rank_constant: float = Field(ge=0)
@@ -364,21 +341,25 @@ class OrchestrationParams(_Section):
     retry_delay_minutes: float = Field(gt=0)
     retry_exponential_backoff: float = Field(ge=0)
     max_retry_delay_minutes: float = Field(gt=0)
+    # per step, overriding the defaults in leadre/steps.py; filled in with those, so every step has one
     execution_timeout_minutes: dict[str, float]
 
     @field_validator("execution_timeout_minutes")
     @classmethod
-    def _every_step(cls, value: dict[str, float]) -> dict[str, float]:
-        from leadre.steps import RETRAIN_ORDER
+    def _known_steps(cls, value: dict[str, float]) -> dict[str, float]:
+        from leadre.steps import STEPS
 
-        if set(value) != set(RETRAIN_ORDER):
-            raise ValueError(f"needs exactly the steps {', '.join(RETRAIN_ORDER)} (got {', '.join(value)})")
+        unknown = [name for name in value if name not in STEPS]
+        if unknown:
+            raise ValueError(f"unknown steps {', '.join(unknown)}; steps are {', '.join(STEPS)}")
         if any(minutes <= 0 for minutes in value.values()):
             raise ValueError("timeouts must be positive")
-        return value
+        return {**{name: step.timeout_minutes for name, step in STEPS.items()}, **value}
 
     def timeout(self, step: str) -> timedelta:
-        return timedelta(minutes=self.execution_timeout_minutes[step])
+        from leadre.steps import get_step
+
+        return timedelta(minutes=self.execution_timeout_minutes.get(step, get_step(step).timeout_minutes))
 
 
 class Params(_Section):
@@ -400,6 +381,13 @@ class Params(_Section):
     serve: ServeParams
     orchestration: OrchestrationParams
     root: Path = Field(default=Path("."), exclude=True)
+
+    @model_validator(mode="after")
+    def _fusion_channel_is_evaluated(self) -> Params:
+        if self.fusion.channel not in self.evaluate.baselines:
+            raise ValueError(f"fusion.channel {self.fusion.channel!r} must be one of evaluate.baselines "
+                             f"({', '.join(self.evaluate.baselines)})")
+        return self
 
     def path(self, relative: Path | str) -> Path:
         """Resolve a params path against the folder params.yaml lives in, as DVC does."""
@@ -454,7 +442,7 @@ def load_params(path: Path | str | None = None, overrides: dict[str, Any] | None
         return Params(**raw, root=path.resolve().parent)
     except ValidationError as err:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+            (f"{'.'.join(str(p) for p in e['loc'])}: " if e["loc"] else "") + e["msg"]
             + (f" (got {e['input']!r})" if e["type"] != "extra_forbidden" and not isinstance(e["input"], dict) else "")
             for e in err.errors()
         )

@@ -1,32 +1,41 @@
-"""Run the retrain in one process, in `leadre.steps.RETRAIN_ORDER`: no DVC, no Airflow (see README.md here)."""
+"""Run the retrain in one process, in the order of `leadre.steps.STEPS`: no DVC, no Airflow (see README.md here)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import sys
 
 from leadre.config import parse_overrides
-from leadre.steps import RETRAIN_ORDER, run_step
+from leadre.errors import LeadreError, one_line
+from leadre.steps import STEPS, run_step
 
 
-def main() -> None:
+def main() -> int:
+    """Exit status as the CLI's: 0, 1 for a `UserError` (fix the input), 75 for a `TransientError` (try again)."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", help="params file (default: ./params.yaml or $LEADRE_PARAMS)")
     parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], help="KEY=VALUE override")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    overrides = parse_overrides(args.overrides)
     skipped: set[str] = set()
-    for step in RETRAIN_ORDER:
-        if step in skipped:
-            print(f"{step}: skipped (the gate did not pass; the champion stays)")
-            continue
-        summary = run_step(step, args.params, overrides)
-        print(f"{step}: {json.dumps(summary, default=str)[:300]}")
-        if step == "gate" and not summary["passed"]:
-            skipped.add("promote")
+    step = "params"
+    try:
+        overrides = parse_overrides(args.overrides)
+        for step in STEPS:
+            if step in skipped:
+                print(f"{step}: skipped (the gate did not pass; the champion stays)")
+                continue
+            summary = run_step(step, args.params, overrides)
+            print(f"{step}: {json.dumps(summary, default=str)[:300]}")
+            if step == "gate" and not summary["passed"]:
+                skipped.add("promote")
+    except LeadreError as err:  # raised on purpose: one line says what to fix; anything else keeps its traceback
+        print(f"error: {step}: {one_line(str(err))}", file=sys.stderr)
+        return err.exit_code
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

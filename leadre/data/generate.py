@@ -27,13 +27,13 @@ from leadre.config import Params, WorldParams, WorldScale
 from leadre.data import vocabulary as V
 from leadre.data.contracts import CONTENT_KINDS, GENDERS, LANDING_TYPES
 from leadre.data.tables import write_tables
+from leadre.units import MS_PER_DAY
 
 log = logging.getLogger(__name__)
 
 # Disjoint id ranges per table: a mixed-up (domain, object_id) is then caught by validation instead of silently
 # pointing at another table's row.
 ID_BASE = {"users": 1, "ads": 1_000_000_000, "contents": 2_000_000_000, "queries": 3_000_000_000}
-MS_PER_DAY = 86_400_000
 # Action codes used while generating; play_video + kind code gives the content action (kind 0 video, 1 article).
 ACTION_CODE = {"click_ad": 0, "convert_ad": 1, "play_video": 2, "read_article": 3, "search": 4}
 AGE_BUCKETS = np.array([18, 25, 35, 45, 60])  # bucket edges for the profile → intent affinity

@@ -10,6 +10,10 @@ popularity, so every model returns a full list whenever the candidates allow it.
   ads in the user's history.
 - `SASRec`: self-attentive sequential recommender (Kang & McAuley, 2018), in plain PyTorch.
 
+A baseline is one class here with one params model (pydantic, beside it), registered by name with
+`@register_baseline`; `evaluate.baselines` in params.yaml lists which run, each with its settings (checked against
+the model when params load). Adding one: its class and params model here, and its entry in params.yaml.
+
 Importing this module is cheap: torch loads only when a SASRec is built.
 """
 
@@ -19,23 +23,24 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, runtime_checkable
 
 import numpy as np
 import pandas as pd
+from pydantic import Field, ValidationError
+from pydantic_core import InitErrorDetails
 from scipy import sparse
 
+from leadre.config import _Section
 from leadre.data.contracts import ACTIONS_BY_DOMAIN
-from leadre.evaluate.metrics import PAD
+from leadre.units import MS_PER_DAY, PAD
 
 if TYPE_CHECKING:
     import torch
 
 ENGAGEMENT_ACTIONS = ACTIONS_BY_DOMAIN["ad"]
 ENGAGEMENT_COLUMNS = ("user_id", "ad_id", "ts")
-MS_PER_DAY = 86_400_000
 # Users scored at once: memory is bounded by this many rows x candidates floats, whatever the number of users.
 SCORE_BATCH_ROWS = 2048
 
@@ -102,13 +107,19 @@ def _rank(primary: np.ndarray, fallback: np.ndarray, eligible: np.ndarray, k: in
     return np.where(np.take_along_axis(eligible, order, axis=1), order, -1)
 
 
+class BaselineParams(_Section):
+    """A baseline's settings: `evaluate.baselines.<name>` in params.yaml (unknown keys are errors)."""
+
+
 class ScoringRecommender(ABC):
     """Shared answering logic: subclasses score candidates; ranking, exclusions and padding live here once."""
 
     name: str
-    params: PopularityParams | ItemKNNParams | SASRecParams
+    Params: ClassVar[type[BaselineParams]]
+    params: BaselineParams
 
-    def __init__(self) -> None:
+    def __init__(self, params: BaselineParams | None = None) -> None:
+        self.params = params if params is not None else self.Params()
         self.popularity: pd.Series | None = None
         self.fit_seconds: float | None = None
 
@@ -163,17 +174,60 @@ def _mask_excluded(eligible: np.ndarray, exclude: Sequence[np.ndarray], candidat
     eligible[rows[columns >= 0], columns[columns >= 0]] = False
 
 
+# --- the registry -----------------------------------------------------------------------------------------------
+
+BASELINES: dict[str, type[ScoringRecommender]] = {}
+
+
+def register_baseline(cls: type[ScoringRecommender]) -> type[ScoringRecommender]:
+    """Class decorator: the baseline becomes available as `evaluate.baselines.<cls.name>` in params.yaml."""
+    BASELINES[cls.name] = cls
+    return cls
+
+
+def baseline_class(name: str) -> type[ScoringRecommender]:
+    if name not in BASELINES:
+        raise ValueError(f"unknown baseline {name!r}; baselines are {', '.join(BASELINES)}")
+    return BASELINES[name]
+
+
+def baseline_settings(settings: dict[str, Any]) -> dict[str, BaselineParams]:
+    """`evaluate.baselines` (name → its settings) checked against each baseline's params model.
+
+    A bad setting is a ValidationError located at the baseline's name (`sasrec.epochs`), so params loading names
+    `evaluate.baselines.sasrec.epochs`.
+    """
+    checked: dict[str, BaselineParams] = {}
+    errors: list[InitErrorDetails] = []
+    for name, values in settings.items():
+        model = baseline_class(name).Params
+        try:
+            checked[name] = values if isinstance(values, model) else model.model_validate(values or {})
+        except ValidationError as err:
+            errors += [InitErrorDetails(type=e["type"], loc=(name, *e["loc"]), input=e["input"], ctx=e.get("ctx", {}))
+                       for e in err.errors()]
+    if errors:
+        raise ValidationError.from_exception_data("baselines", errors)
+    return checked
+
+
+def make_baseline(name: str, params: BaselineParams) -> ScoringRecommender:
+    return baseline_class(name)(params)
+
+
 # --- Popularity -------------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class PopularityParams:
-    half_life_days: float | None = 7.0  # None: plain counts. 7 beat 3, 14 and none on the default world's valid week
+class PopularityParams(BaselineParams):
+    # None: plain counts. 7 beat 3, 14 and none on the default world's valid week
+    half_life_days: float | None = Field(7.0, gt=0)
 
 
+@register_baseline
 class Popularity(ScoringRecommender):
     """The same list for everyone (minus what each user already engaged with)."""
 
     name = "popularity"
+    Params = PopularityParams
 
     def __init__(self, params: PopularityParams | None = None) -> None:
         super().__init__()
@@ -192,17 +246,19 @@ class Popularity(ScoringRecommender):
 
 # --- ItemKNN ----------------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class ItemKNNParams:
-    neighbours: int | None = 100  # similar ads kept per ad (None: all); pruning drops noisy one-off co-engagements
-    shrink: float = 20.0  # added to the cosine denominator: damps similarities resting on few shared users
-    fallback_half_life_days: float | None = 7.0  # popularity used for ties and users without history
+class ItemKNNParams(BaselineParams):
+    # similar ads kept per ad (None: all); pruning drops noisy one-off co-engagements
+    neighbours: int | None = Field(100, ge=1)
+    shrink: float = Field(20.0, ge=0)  # added to the cosine denominator: damps similarities resting on few shared users
+    fallback_half_life_days: float | None = Field(7.0, gt=0)  # popularity used for ties and users without history
 
 
+@register_baseline
 class ItemKNN(ScoringRecommender):
     """Item-based collaborative filtering on binary user x ad co-engagement (Sarwar et al., 2001)."""
 
     name = "itemknn"
+    Params = ItemKNNParams
 
     def __init__(self, params: ItemKNNParams | None = None) -> None:
         super().__init__()
@@ -256,27 +312,28 @@ def _keep_top_per_row(matrix: sparse.csr_matrix, n: int | None) -> sparse.csr_ma
 
 # --- SASRec -----------------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class SASRecParams:
-    hidden: int = 64
-    layers: int = 2
-    heads: int = 2
-    max_len: int = 50  # most recent engagements a user's sequence keeps
+class SASRecParams(BaselineParams):
+    hidden: int = Field(64, ge=1)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(2, ge=1)
+    max_len: int = Field(50, ge=2)  # most recent engagements a user's sequence keeps
     # 7 × 64 at 6e-3 matched 25 epochs × 256 at 3e-3 on the default world in ~1/4 of the time: more, smaller steps
     # get the model past its early popularity plateau sooner (bench/baselines.py)
-    epochs: int = 7
-    lr: float = 6e-3
-    batch_size: int = 64
-    dropout: float = 0.5  # high, as in the paper for sparse data: most users have a handful of engagements
-    weight_decay: float = 0.0
+    epochs: int = Field(7, ge=1)
+    lr: float = Field(6e-3, gt=0)
+    batch_size: int = Field(64, ge=1)
+    # high, as in the paper for sparse data: most users have a handful of engagements
+    dropout: float = Field(0.5, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
     seed: int = 0
     device: str = "cpu"
     # CPU threads while fitting and scoring. The ops are tiny (batch x length x hidden), so handing each one to
     # several threads costs more than it saves: one thread was ~5x faster than two on a busy 2-core machine.
-    threads: int = 1
-    fallback_half_life_days: float | None = 7.0  # popularity for users unseen at fit time
+    threads: int = Field(1, ge=1)
+    fallback_half_life_days: float | None = Field(7.0, gt=0)  # popularity for users unseen at fit time
 
 
+@register_baseline
 class SASRec(ScoringRecommender):
     """Next-ad prediction from the ordered sequence of a user's engagements.
 
@@ -290,6 +347,7 @@ class SASRec(ScoringRecommender):
     """
 
     name = "sasrec"
+    Params = SASRecParams
 
     def __init__(self, params: SASRecParams | None = None) -> None:
         super().__init__()

@@ -1,7 +1,7 @@
 """`leadre gate`: may the candidate replace the champion? A decision with its reasons, never a silent pass.
 
 The reference is the champion scored in the same evaluation run (same users, split and candidates); with no
-champion yet, the best baseline on the primary metric. The candidate passes when
+champion yet, the best on the primary metric of the baselines that evaluation ran (its summary's `baselines`). The candidate passes when
 - every recommended ad is a live ad (validity 100%): a hard rule, whatever the reference;
 - the LOW end of the paired bootstrap interval of its primary metric's relative lift over the reference (from the
   evaluation's summary) is above `min_relative_lift`: a lift that could be noise is no lift;
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -24,9 +24,6 @@ from leadre.config import GateParams, Params
 from leadre.evaluate import CANDIDATE
 from leadre.io import read_json, write_json
 from leadre.registry.models import GATE_PASSED_TAG, GATE_REASONS_TAG
-
-BASELINES = ("popularity", "itemknn", "sasrec")
-
 
 @dataclass
 class Decision:
@@ -60,13 +57,15 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _reference(methods: dict[str, dict[str, float]], primary: str) -> tuple[str, str, list[str]]:
+def _reference(methods: dict[str, dict[str, float]], primary: str,
+               baselines: Sequence[str]) -> tuple[str, str, list[str]]:
     """(reference, kind, names of baselines whose primary metric is not a number: the best cannot be told)."""
     if "champion" in methods:
         return "champion", "champion", []
-    present = [b for b in BASELINES if b in methods]
+    present = [b for b in baselines if b in methods]
     if not present:
-        raise ValueError("no champion and no baseline to compare the candidate with")
+        raise ValueError("no champion and no baseline to compare the candidate with (the evaluation summary's "
+                         "`baselines` names none: re-run `leadre evaluate`)")
     for b in present:
         if primary not in methods[b]:
             raise ValueError(f"gate.primary_metric {primary!r} is missing from the {b} baseline's metrics")
@@ -83,15 +82,17 @@ def _interval(lifts: Mapping[str, Any], reference: str, primary: str) -> dict[st
     return {key: found[key] for key in ("lift", "low", "high", "confidence")}
 
 
-def decide(methods: dict[str, dict[str, float]], lifts: Mapping[str, Any], gate: GateParams) -> Decision:
-    """The decision from an evaluation's `methods` (metric values) and `lifts` (paired bootstrap intervals)."""
+def decide(methods: dict[str, dict[str, float]], lifts: Mapping[str, Any], gate: GateParams,
+           baselines: Sequence[str] = ()) -> Decision:
+    """The decision from an evaluation's `methods` (metric values), `lifts` (paired bootstrap intervals) and
+    `baselines` (which methods are baselines: the references when there is no champion)."""
     if CANDIDATE not in methods:
         raise ValueError("the evaluation has no candidate model's metrics")
     primary = gate.primary_metric
     candidate = methods[CANDIDATE]
     if primary not in candidate:
         raise ValueError(f"gate.primary_metric {primary!r} is not an evaluation metric ({sorted(candidate)})")
-    reference, kind, undefined_baselines = _reference(methods, primary)
+    reference, kind, undefined_baselines = _reference(methods, primary, baselines)
     ref = methods[reference]
     if primary not in ref:
         raise ValueError(f"gate.primary_metric {primary!r} is missing from the {reference}'s metrics")
@@ -163,7 +164,8 @@ def run_gate(params: Params, register: bool = True) -> dict[str, Any]:
     The registry's tags are the decision that counts (promotion reads them); the decision file is a report for people.
     """
     evaluation = read_json(params.path(params.evaluate.reports_dir) / "summary.json")
-    decision = decide(evaluation["methods"], evaluation.get("lifts", {}), params.gate)
+    decision = decide(evaluation["methods"], evaluation.get("lifts", {}), params.gate,
+                      evaluation.get("baselines", ()))
     if register:
         from leadre.registry.models import register_candidate
         from leadre.tracking import dvc_md5, step_run

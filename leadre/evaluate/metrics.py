@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-PAD = -1
+from leadre.units import PAD
 DEFAULT_KS = (1, 5, 10, 20)
 
 AdLookup = Mapping[int, object] | pd.Series

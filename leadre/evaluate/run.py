@@ -21,19 +21,10 @@ from leadre.data.tables import read_tables
 from leadre.evaluate import CANDIDATE
 from leadre.evaluate import metrics as m
 from leadre.evaluate.bootstrap import paired_lift
-from leadre.evaluate.baselines import (
-    ItemKNN,
-    ItemKNNParams,
-    Popularity,
-    PopularityParams,
-    SASRec,
-    SASRecParams,
-    ad_engagements,
-    engaged_ads,
-)
+from leadre.evaluate.baselines import ad_engagements, engaged_ads, make_baseline
 from leadre.io import write_json
+from leadre.runtime import set_cpu_threads
 from leadre.sids.build import load_sid_table
-from leadre.train.model import set_cpu_threads
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +127,8 @@ def lift_intervals(params: Params, per_user: dict[str, pd.DataFrame], methods: l
 
 
 def _baselines(params: Params):
-    b = params.evaluate.baselines
-    return [Popularity(PopularityParams(**b.popularity.model_dump())), ItemKNN(ItemKNNParams(**b.itemknn.model_dump())),
-            SASRec(SASRecParams(**b.sasrec.model_dump()))]
+    """The baselines `evaluate.baselines` lists, in its order."""
+    return [make_baseline(name, settings) for name, settings in params.evaluate.baselines.items()]
 
 
 def run_evaluate(params: Params) -> dict[str, Any]:
@@ -204,6 +194,7 @@ def run_evaluate(params: Params) -> dict[str, Any]:
 
         summary = {"split": ev.split, "users": int(len(data.user_ids)), "cutoff": str(data.cutoff),
                    "champion_version": champion.version if champion else None, "methods": methods,
+                   "baselines": baseline_names,  # the gate's reference set when there is no champion
                    "lifts": lifts, "seconds": timings, "tradeoff": tradeoff}
         from leadre.evaluate.report import write_reports
 

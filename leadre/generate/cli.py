@@ -11,7 +11,7 @@ import pandas as pd
 from leadre.config import Params
 from leadre.generate.recommender import LlmRecommender, top_k
 from leadre.io import atomic_file
-from leadre.train.model import set_cpu_threads
+from leadre.runtime import set_cpu_threads
 
 
 def run_generate(params: Params, model: Path | None, split: str, users: int, k: int,

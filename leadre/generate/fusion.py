@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from leadre.config import FusionParams
-from leadre.evaluate.metrics import PAD
+from leadre.units import PAD
 
 
 def fuse(llm: np.ndarray, channel: np.ndarray, k: int, settings: FusionParams) -> tuple[np.ndarray, np.ndarray]:

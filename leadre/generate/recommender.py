@@ -12,11 +12,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from leadre.bundle import SID_TABLE, SIDS_FOLDER
 from leadre.config import GenerateParams
-from leadre.evaluate.metrics import PAD
-
-SIDS_FOLDER = "sids"
-SID_TABLE = "ad_sids.parquet"
+from leadre.units import PAD
 
 
 @dataclass

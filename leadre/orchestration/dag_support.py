@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,13 +25,12 @@ import yaml
 from pydantic import ValidationError
 
 from leadre.config import OrchestrationParams
-from leadre.steps import RETRAIN_ORDER
+from leadre.steps import STEPS, get_step, resolve
 
 log = logging.getLogger("leadre.airflow")
 
 DAG_ID = "leadre_retrain"
-STEPS: tuple[str, ...] = RETRAIN_ORDER  # validate → sids → prompts → sft → dpo → evaluate → gate → promote → nearline
-GATE, PROMOTE, NEARLINE = "gate", "promote", "nearline"
+GATE, PROMOTE = "gate", "promote"  # the gate's "no" skips promote (the steps' order is leadre.steps.STEPS)
 RUNNER_ENV = "LEADRE_RUNNER"
 RETRIES_ENV = "LEADRE_RETRIES"
 SCHEDULE_ENV = "LEADRE_SCHEDULE"   # a cron preset/expression, or "none": trigger only (tests, dev deployments)
@@ -44,12 +42,6 @@ DEFAULT_MODEL_NAME = "leadre-recommender"
 # return.json from it after the container exits. The gate pod writes its decision there with `leadre gate --xcom`.
 XCOM_RETURN_FILE = "/airflow/xcom/return.json"
 GATE_POD_ARGS: tuple[str, ...] = ("--xcom", XCOM_RETURN_FILE)
-
-# Which params section names a step's outputs (its *_dir and *_file keys are what the failure message points at).
-STEP_SECTION: Mapping[str, str] = {
-    "validate": "validation", "sids": "sids", "prompts": "prompts", "sft": "sft", "dpo": "dpo",
-    "evaluate": "evaluate", "gate": "gate", "promote": "registry", "nearline": "nearline",
-}
 
 
 # ------------------------------------------------------------------------------------------------ settings
@@ -108,26 +100,15 @@ def default_args(settings: OrchestrationSettings) -> dict[str, Any]:
 
 def step_task_kwargs(step: str, settings: OrchestrationSettings) -> dict[str, Any]:
     """Per-step task arguments shared by both runners."""
-    kwargs: dict[str, Any] = {"execution_timeout": settings.timeout(step), "doc_md": STEP_DOCS[step]}
-    if step == NEARLINE:
-        # Near-line refreshes the candidate cache with whatever model is champion: the new one when the gate
+    spec = get_step(step)
+    doc = spec.doc + (" GPU pod on the Kubernetes runner." if spec.gpu else "")
+    kwargs: dict[str, Any] = {"execution_timeout": settings.timeout(step), "doc_md": doc}
+    if spec.after_skip:
+        # e.g. near-line refreshes the candidate cache with whatever model is champion: the new one when the gate
         # passed and `promote` ran, the current one when the gate held the candidate back (promote skipped).
         # none_failed: run after a success or a skip, never after a failure upstream.
         kwargs["trigger_rule"] = "none_failed"
     return kwargs
-
-
-STEP_DOCS: Mapping[str, str] = {
-    "validate": "Great Expectations suites over `data.source_dir`; writes `data.validated_dir` only if all pass.",
-    "sids": "Semantic IDs: ad text → residual codebooks → unique S-IDs (`sids.out_dir`).",
-    "prompts": "Intent-aware prompts, auxiliary tasks and DPO pairs (`prompts.out_dir`).",
-    "sft": "Supervised fine-tuning (TRL SFTTrainer); GPU pod on the Kubernetes runner.",
-    "dpo": "Preference alignment towards higher-eCPM ads (TRL DPOTrainer); GPU pod on the Kubernetes runner.",
-    "evaluate": "Offline metrics of the candidate against baselines and the current champion.",
-    "gate": "Decides whether the candidate is promoted: `promote` is skipped when the gate does not pass.",
-    "promote": "Registers the candidate in MLflow and moves the `champion` alias to it.",
-    "nearline": "Regenerates the candidate cache with the champion (runs whether or not promote ran).",
-}
 
 
 # ------------------------------------------------------------------------------------------------ the form
@@ -412,23 +393,20 @@ def failure_report(context: Mapping[str, Any], default_params: Path | str | None
         lines.append(f"  pod:     kubectl get events -n <namespace> --field-selector involvedObject.kind=Pod; "
                      f"pods are labelled leadre.io/step={step}")
     lines.append(f"  rerun:   clear the task in the UI, or `leadre --params {path or 'params.yaml'} "
-                 f"{STEP_COMMANDS.get(step, step)}` by hand")
+                 f"{STEPS[step].command_line if step in STEPS else step}` by hand")
     return "\n".join(lines)
 
 
-STEP_COMMANDS: Mapping[str, str] = {"validate": "data validate", "sids": "sids build", "prompts": "prompts build"}
-
-
 def step_files(step: str, raw: Mapping[str, Any], path: Path | None) -> list[str]:
-    section = raw.get(STEP_SECTION.get(step, step))
-    if not isinstance(section, Mapping):
+    """The step's declared outputs (leadre/steps.py), resolved against the params file's folder."""
+    if step not in STEPS:
         return []
     root = path.resolve().parent if path else Path(".")
     found = []
-    for key, value in section.items():
-        if isinstance(value, str) and (key.endswith("_dir") or key.endswith("_file")):
-            target = Path(value) if Path(value).is_absolute() else root / value
-            found.append(str(target))
+    for output in STEPS[step].outputs:
+        value = resolve(output, lambda key: _dotted(raw, key))
+        if value is not None:
+            found.append(str(Path(value) if Path(value).is_absolute() else root / value))
     return found
 
 
@@ -455,102 +433,3 @@ def on_step_retry(context: Mapping[str, Any]) -> None:
         log.warning(report.replace(" failed (", " failed, will retry (", 1))
     except Exception:  # pragma: no cover
         log.exception("could not build the retry report")
-
-
-# ------------------------------------------------------------------------------------------------ one run, no scheduler
-
-def isolated_airflow_env(home: Path | str, dags_folder: Path | str, **extra: str) -> dict[str, str]:
-    """Environment for an Airflow process with its own AIRFLOW_HOME (SQLite metadata DB) and this DAGs folder.
-
-    Nothing of the caller's Airflow configuration leaks in (AIRFLOW__* variables are dropped), and the
-    LocalExecutor is kept small: the defaults start 32 workers.
-    """
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("AIRFLOW") and k not in {RUNNER_ENV, RETRIES_ENV, SCHEDULE_ENV, PARAMS_ENV,
-                                                          RETRAIN_ENV, "MLFLOW_TRACKING_URI"}}
-    # `airflow standalone` starts its components as `airflow ...` from PATH, and LocalExecutor workers start
-    # `python`: the interpreter running this (the venv) must come first on PATH.
-    bin_dir = str(Path(sys.executable).parent)
-    env["PATH"] = os.pathsep.join([bin_dir, *[p for p in env.get("PATH", "").split(os.pathsep) if p and p != bin_dir]])
-    env.update({
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__PARALLELISM": "2",
-        "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "2",
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONUNBUFFERED": "1",
-    })
-    env.update(extra)
-    return env
-
-
-# Run in a child process (Airflow fixes its configuration at import): one dag.test() run of the DAG, then the run's
-# and task instances' states and times from the metadata DB, as one JSON line prefixed with DAG_TEST_MARK.
-DAG_TEST_MARK = "LEADRE_DAG_TEST "
-DAG_TEST_SCRIPT = r"""
-import time
-started = time.time()
-import json, sys
-from airflow.dag_processing.dagbag import DagBag
-from airflow.models.dagrun import DagRun
-from airflow.models.taskinstance import TaskInstance
-from airflow.utils.session import create_session
-
-dags_folder, dag_id, conf = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-bag = DagBag(dags_folder)
-if bag.import_errors:
-    raise SystemExit(f"import errors: {bag.import_errors}")
-dag = bag.dags[dag_id]
-run = dag.test(run_conf=conf)
-finished = time.time()
-
-def iso(value):
-    return value.isoformat() if value is not None else None
-
-with create_session() as session:
-    dr = session.query(DagRun).filter(DagRun.dag_id == dag_id, DagRun.run_id == run.run_id).one()
-    tis = session.query(TaskInstance).filter(TaskInstance.dag_id == dag_id, TaskInstance.run_id == run.run_id).all()
-    result = {
-        "run_id": dr.run_id, "state": str(dr.state), "conf": dr.conf,
-        "start_date": iso(dr.start_date), "end_date": iso(dr.end_date),
-        "process_seconds": finished - started,
-        "tasks": {ti.task_id: {"state": str(ti.state), "try_number": ti.try_number, "start_date": iso(ti.start_date),
-                               "end_date": iso(ti.end_date), "duration": ti.duration} for ti in tis},
-    }
-print("LEADRE_DAG_TEST " + json.dumps(result), flush=True)
-"""
-
-
-def run_dag_test(home: Path | str, dags_folder: Path | str, conf: Mapping[str, Any] | None = None, *,
-                 env: Mapping[str, str] | None = None, timeout: float = 1800, python: str | None = None,
-                 log_file: Path | None = None) -> dict[str, Any]:
-    """`airflow db migrate` then one `dag.test(run_conf=conf)` in a child process; returns the run's summary.
-
-    The child's output goes to `log_file` (default: <home>/dag_test.log); a failure raises with its tail.
-    """
-    import subprocess
-
-    python = python or sys.executable
-    home = Path(home)
-    home.mkdir(parents=True, exist_ok=True)
-    log_file = log_file or home / "dag_test.log"
-    full_env = {**isolated_airflow_env(home, dags_folder), **(env or {})}
-    airflow = str(Path(python).with_name("airflow"))
-    with log_file.open("w", encoding="utf-8") as out:
-        migrate = subprocess.run([airflow, "db", "migrate"], env=full_env, stdout=out, stderr=subprocess.STDOUT,
-                                 timeout=600)
-        if migrate.returncode:
-            raise RuntimeError(f"airflow db migrate failed:\n{_tail(log_file)}")
-        child = subprocess.run([python, "-c", DAG_TEST_SCRIPT, str(dags_folder), DAG_ID, json.dumps(conf or {})],
-                               env=full_env, stdout=subprocess.PIPE, stderr=out, text=True, timeout=timeout)
-        out.write(child.stdout)
-    lines = [line for line in child.stdout.splitlines() if line.startswith(DAG_TEST_MARK)]
-    if child.returncode or not lines:
-        raise RuntimeError(f"dag.test exited {child.returncode}:\n{_tail(log_file)}")
-    return json.loads(lines[-1][len(DAG_TEST_MARK):])
-
-
-def _tail(path: Path, chars: int = 8000) -> str:
-    text = path.read_text(encoding="utf-8", errors="replace")
-    return text[-chars:]

@@ -6,11 +6,11 @@ runs locally, with the image's params file (`--params /workspace/params.yaml`); 
 names relative to itself (`data/`, `artifacts/`, `reports/`) are sub-paths of one shared ReadWriteMany volume
 mounted beside it, so a step's output is the next step's input exactly as on a laptop.
 
-GPU steps (SFT, DPO, near-line generation by default) ask for `nvidia.com/gpu` and are pinned to GPU nodes with a
+GPU steps (the step table's GPU rows, leadre/steps.py: SFT, DPO, near-line generation) ask for `nvidia.com/gpu` and are pinned to GPU nodes with a
 node selector and tolerations; the other steps are plain CPU pods. Every pod runs as a non-root user with a
 read-only root filesystem (scratch space is an emptyDir at /tmp).
 
-Only the standard library is imported here: the DAG file imports this module at parse time, so the Kubernetes
+Only the standard library and the step table are imported here: the DAG file imports this module at parse time, so the Kubernetes
 client (through `kubernetes.client.models`) and Airflow are imported inside the functions that need them.
 `render_pod` builds the real operator and returns the pod it would create, without a cluster.
 """
@@ -24,24 +24,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-# step → the `leadre` subcommand it runs (global options such as --params go before these)
-STEP_ARGS: Mapping[str, tuple[str, ...]] = {
-    "validate": ("data", "validate"),
-    "sids": ("sids", "build"),
-    "prompts": ("prompts", "build"),
-    "sft": ("sft",),
-    "dpo": ("dpo",),
-    "evaluate": ("evaluate",),
-    "gate": ("gate",),
-    "promote": ("promote",),
-    "nearline": ("nearline",),
-}
-STEPS: tuple[str, ...] = tuple(STEP_ARGS)
+from leadre.steps import STEPS
 
 ARTIFACTS_VOLUME = "artifacts"
 TMP_VOLUME = "tmp"
 SHM_VOLUME = "dshm"
-CONTAINER_NAME = "base"  # KubernetesPodOperator's base container name (it reads logs and exit codes from it)
 
 # The placeholder kubeconfig `render_pod` hands the operator: building a pod never talks to the cluster.
 _PLACEHOLDER_KUBECONFIG = """\
@@ -90,7 +77,8 @@ class KubernetesRunnerSettings:
     mount_path: str = "/workspace"
     params_file: str = "/workspace/params.yaml"
     state_dirs: tuple[str, ...] = ("data", "artifacts", "reports")
-    gpu_steps: frozenset[str] = frozenset({"sft", "dpo", "nearline"})
+    # the steps whose table row asks for a GPU (sft, dpo, nearline)
+    gpu_steps: frozenset[str] = field(default_factory=lambda: frozenset(n for n, step in STEPS.items() if step.gpu))
     gpu_resource: str = "nvidia.com/gpu"
     gpu_count: int = 1
     gpu_node_selector: Mapping[str, str] = field(default_factory=lambda: {"nvidia.com/gpu.present": "true"})
@@ -147,7 +135,7 @@ class KubernetesRunnerSettings:
         return settings
 
     def check(self) -> None:
-        unknown = sorted(set(self.gpu_steps) - set(STEP_ARGS))
+        unknown = sorted(set(self.gpu_steps) - set(STEPS))
         if unknown:
             raise ValueError(f"gpu_steps names unknown steps {unknown}; known: {', '.join(STEPS)}")
         for folder in self.state_dirs:
@@ -172,7 +160,7 @@ def _parse_pairs(text: str) -> dict[str, str]:
 
 
 def _known(step: str) -> None:
-    if step not in STEP_ARGS:
+    if step not in STEPS:
         raise ValueError(f"unknown step {step!r}; known: {', '.join(STEPS)}")
 
 
@@ -186,7 +174,7 @@ def step_arguments(step: str, settings: KubernetesRunnerSettings | None = None,
     """The arguments after `leadre`: global options first, then the step's subcommand and any extra options."""
     _known(step)
     settings = settings or KubernetesRunnerSettings()
-    return ["--params", settings.params_file, *STEP_ARGS[step], *extra_args]
+    return ["--params", settings.params_file, *STEPS[step].command, *extra_args]
 
 
 def pod_operator_kwargs(step: str, settings: KubernetesRunnerSettings | None = None, *,

@@ -38,7 +38,6 @@ from leadre.sids.build import load_sid_table
 
 log = logging.getLogger(__name__)
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
-MESSAGES = pa.list_(MESSAGE)
 FILES = {"sft": ("train", "valid", "test"), "dpo": ("train", "valid")}
 AUX_STREAM = 1 << 30  # RNG stream of the auxiliary tasks, apart from every chunk's
 

@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 
 from leadre.config import PromptParams
+from leadre.units import MS_PER_DAY
 
-MS_PER_DAY = 86_400_000
 SPLITS = ("train", "valid", "test")
 ENGAGEMENTS = ("click_ad", "convert_ad")
 

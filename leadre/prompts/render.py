@@ -29,8 +29,9 @@ import pyarrow.compute as pc
 
 from leadre.config import PromptParams
 from leadre.data.contracts import ACTIONS_BY_DOMAIN
-from leadre.prompts.pairs import MS_PER_DAY, EventLog, _expand
+from leadre.prompts.pairs import EventLog, _expand
 from leadre.prompts.tokens import TokenCounter
+from leadre.units import MS_PER_DAY
 
 INSTRUCTION = "Which ad next?"
 PROFILE_FIELDS = ("gender", "age", "residence", "education", "occupation")

@@ -1,6 +1,6 @@
 """The registered model as an MLflow pyfunc: `mlflow.pyfunc.load_model("models:/leadre-recommender@champion")`.
 
-The artifact is the whole bundle (weights, tokenizer, S-ID table, trie, codebooks); our package travels with it
+The artifact is the whole bundle (weights, tokenizer, S-ID table, codebooks: leadre/bundle.py); our package travels with it
 (`code_paths`), so a serving host needs only the pinned libraries. `predict` takes a DataFrame with a `prompt`
 column (a chat message list, or a plain user message) and returns each row's top ads with their scores.
 """

@@ -18,11 +18,10 @@ import numpy as np
 import pandas as pd
 
 from leadre.config import Params
-from leadre.train.model import ModelError, set_cpu_threads
+from leadre.runtime import set_cpu_threads
+from leadre.train.model import ModelError
 
 log = logging.getLogger(__name__)
-
-MS_PER_DAY = 86_400_000
 
 
 def serving_ads(params: Params, ads: pd.DataFrame, events: pd.DataFrame, now: pd.Timestamp) -> pd.DataFrame:
@@ -39,9 +38,10 @@ def serving_ads(params: Params, ads: pd.DataFrame, events: pd.DataFrame, now: pd
 
 def _fusion_channel(params: Params, events: pd.DataFrame, now: pd.Timestamp):
     """The ID-based channel the near-line job fuses with the LLM's lists, fitted on ad engagements before now."""
-    from leadre.evaluate.baselines import ItemKNN, ItemKNNParams, ad_engagements
+    from leadre.evaluate.baselines import ad_engagements, make_baseline
 
-    return ItemKNN(ItemKNNParams(**params.evaluate.baselines.itemknn.model_dump())).fit(ad_engagements(events, now))
+    channel = params.fusion.channel
+    return make_baseline(channel, params.evaluate.baselines[channel]).fit(ad_engagements(events, now))
 
 
 def run_nearline(params: Params) -> dict[str, Any]:

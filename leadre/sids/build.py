@@ -1,8 +1,8 @@
 """Build and extend the ad → semantic ID table: the step behind `leadre sids build` and `leadre sids assign`.
 
 build: embed every ad's text (cached by content hash) → fit residual codebooks → `levels` codes per ad → a last
-disambiguation token so every ad's S-ID is unique → table, frozen codebooks, trie of live ads and a report, written
-as one folder atomically.
+disambiguation token so every ad's S-ID is unique → table, frozen codebooks and a report, written as one folder
+atomically (file names: leadre/bundle.py). Generation builds the trie of live ads from the table.
 
 assign: new ads get codes from the frozen codebooks (no retraining) and the next free disambiguation index of their
 prefix, so existing S-IDs, which a trained model has learned, never change; liveness is refreshed for all ads.
@@ -15,24 +15,25 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from leadre.bundle import SID_REPORT_FILE, SID_TABLE
+from leadre.bundle import read_sid_table as load_sid_table
 from leadre.config import ConfigError, Params, SidsParams
 from leadre.data.tables import read_tables
 from leadre.io import atomic_dir, read_json, write_json
 from leadre.sids.encoder import EmbeddingResult, embed_texts, encoder_fingerprint, resolve_encoder_dir
 from leadre.sids.quantize import Quantizer, load_quantizer, make_quantizer, save_quantizer
-from leadre.sids.trie import SidTrie, level_letter, sid_token, sid_tokens
+from leadre.sids.trie import level_letter, sid_token, sid_tokens
 
 log = logging.getLogger(__name__)
 
-TABLE_FILE = "ad_sids.parquet"
-TRIE_FILE = "trie.json"
-REPORT_FILE = "report.json"
+# Written by earlier versions beside the table; nothing reads it (generation builds its trie from the table's live
+# rows), so `sids assign` drops it rather than carry a stale copy.
+LEGACY_TRIE_FILE = "trie.json"
 LIVE_STATUS = "active"
 MLFLOW_PREFIX = "sids"
 # Facts about the run, not the S-IDs: a warm cache or a busy machine changes them for the same data. They are
@@ -81,14 +82,6 @@ def sid_table(ad_ids: np.ndarray, codes: np.ndarray, live: np.ndarray) -> pd.Dat
     columns = {"ad_id": ad_ids.astype(np.int64), "sid": sid_strings(codes), "live": live.astype(bool)}
     columns.update({name: codes[:, i].astype(np.int64) for i, name in enumerate(level_columns(codes.shape[1] - 1))})
     return pd.DataFrame(columns).sort_values("ad_id", kind="stable").reset_index(drop=True)
-
-
-def load_sid_table(out_dir: Path | str) -> pd.DataFrame:
-    """The ad → S-ID table (ad_id, sid, live, level_0 … level_L) written by `leadre sids build`."""
-    path = Path(out_dir) / TABLE_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run `leadre sids build` first")
-    return pd.read_parquet(path)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -237,17 +230,15 @@ def run_build_sids(params: Params) -> dict[str, Any]:
     quantised_at = time.perf_counter()
     suffix = disambiguate(codes, ads.ids, sids.max_collisions)
     table = sid_table(ads.ids, np.column_stack([codes, suffix]), ads.live)
-    trie = SidTrie.from_sids(table.loc[table["live"], "sid"])
     seconds = {"encode": encoded_at - started, "quantise": quantised_at - encoded_at}
     report = _build_report(params, ads, codes, embedding, quantizer, seconds)
     out_dir = params.path(sids.out_dir)
     with atomic_dir(out_dir) as tmp:
-        table.to_parquet(tmp / TABLE_FILE, index=False)
+        table.to_parquet(tmp / SID_TABLE, index=False)
         save_quantizer(quantizer, tmp, int(embedding.vectors.shape[1]),
                        {"encoder": sids.encoder, "encoder_id": embedding.encoder_id,
                         "max_collisions": sids.max_collisions})
-        trie.save(tmp / TRIE_FILE)
-        write_json(tmp / REPORT_FILE, {k: v for k, v in report.items() if k not in RUN_FACTS})
+        write_json(tmp / SID_REPORT_FILE, {k: v for k, v in report.items() if k not in RUN_FACTS})
     seconds["total"] = time.perf_counter() - started
     log.info("S-IDs for %d ads (%d live) in %s: collision rate %.2f%% before disambiguation",
              report["ads"], report["live_ads"], out_dir, 100 * report["collision_rate"])
@@ -301,18 +292,16 @@ def run_assign_sids(params: Params) -> dict[str, Any]:
         table = pd.concat([table, added], ignore_index=True).sort_values("ad_id", kind="stable")
         table = table.reset_index(drop=True)
     table["live"] = np.isin(table["ad_id"].to_numpy(), ads.ids[ads.live])
-    trie = SidTrie.from_sids(table.loc[table["live"], "sid"])
-    report = read_json(out_dir / REPORT_FILE) if (out_dir / REPORT_FILE).is_file() else {}
+    report = read_json(out_dir / SID_REPORT_FILE) if (out_dir / SID_REPORT_FILE).is_file() else {}
     assigned = {"assigned": int(len(new_ids)), "ads": int(len(table)), "live_ads": int(table["live"].sum()),
                 "encoded_texts": encoded, "cached_texts": cached, "seconds": time.perf_counter() - started}
     report.update(ads=assigned["ads"], live_ads=assigned["live_ads"], last_assign={k: v for k, v in assigned.items() if k not in RUN_FACTS})
     with atomic_dir(out_dir) as tmp:
         for kept in out_dir.iterdir():  # frozen codebooks and weights travel unchanged into the new folder
-            if kept.name not in (TABLE_FILE, TRIE_FILE, REPORT_FILE) and kept.is_file():
+            if kept.name not in (SID_TABLE, SID_REPORT_FILE, LEGACY_TRIE_FILE) and kept.is_file():
                 shutil.copy2(kept, tmp / kept.name)
-        table.to_parquet(tmp / TABLE_FILE, index=False)
-        trie.save(tmp / TRIE_FILE)
-        write_json(tmp / REPORT_FILE, report)
+        table.to_parquet(tmp / SID_TABLE, index=False)
+        write_json(tmp / SID_REPORT_FILE, report)
     log.info("assigned S-IDs to %d new ads; %d of %d ads live", assigned["assigned"], assigned["live_ads"],
              assigned["ads"])
     return assigned

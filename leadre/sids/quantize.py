@@ -19,13 +19,12 @@ from typing import Any
 
 import numpy as np
 
+from leadre.bundle import CODEBOOKS_FILE, QUANTIZER_FILE
 from leadre.config import SidsParams
 from leadre.io import read_json, write_json
 
 log = logging.getLogger(__name__)
 
-CODEBOOKS_FILE = "codebooks.npz"
-META_FILE = "quantizer.json"
 RQVAE_WEIGHTS_FILE = "rqvae.pt"
 # Rows per distance computation: bounds memory at (chunk × codebook_size) floats whatever the number of ads.
 ROWS_PER_CHUNK = 32_768
@@ -310,15 +309,15 @@ def save_quantizer(quantizer: Quantizer, folder: Path, input_dim: int, extra: di
         **quantizer.extra_meta(),
         **(extra or {}),
     }
-    write_json(folder / META_FILE, meta)
+    write_json(folder / QUANTIZER_FILE, meta)
     return meta
 
 
 def load_quantizer(folder: Path) -> tuple[Quantizer, dict]:
     """The frozen quantiser saved in `folder`, with its metadata; nothing is retrained."""
-    if not (folder / META_FILE).is_file():
-        raise FileNotFoundError(f"{folder / META_FILE} not found: run `leadre sids build` first")
-    meta = read_json(folder / META_FILE)
+    if not (folder / QUANTIZER_FILE).is_file():
+        raise FileNotFoundError(f"{folder / QUANTIZER_FILE} not found: run `leadre sids build` first")
+    meta = read_json(folder / QUANTIZER_FILE)
     with np.load(folder / CODEBOOKS_FILE) as books:
         codebooks = [books[f"level_{i}"] for i in range(meta["levels"])]
     if meta["method"] == "rq_kmeans":
@@ -329,7 +328,7 @@ def load_quantizer(folder: Path) -> tuple[Quantizer, dict]:
                           meta["epochs"], meta["learning_rate"], meta["commitment"], meta["batch_size"], meta["seed"],
                           meta["kmeans_iterations"])
     else:
-        raise ValueError(f"{folder / META_FILE}: unknown method {meta['method']!r}")
+        raise ValueError(f"{folder / QUANTIZER_FILE}: unknown method {meta['method']!r}")
     quantizer.codebooks = codebooks
     quantizer.load_weights(folder, meta)
     return quantizer, meta

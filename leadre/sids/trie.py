@@ -1,4 +1,5 @@
-"""S-ID tokens and the prefix tree (trie) of live ads' S-IDs that grounds constrained decoding.
+"""S-ID tokens and the prefix tree (trie) of live ads' S-IDs that grounds constrained decoding (built from the S-ID
+table's live rows where a model is loaded, never stored).
 
 An S-ID is a string of tokens `<a_12><b_6><c_22><d_0>`: one token per codebook level (letters a, b, c, …) and a
 last one that separates ads whose codes collide. Decoding may only follow paths of this trie, so every generated S-ID
@@ -11,14 +12,11 @@ import re
 import string
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from leadre.io import read_json, write_json
 
 TOKEN_PATTERN = re.compile(r"<([a-z])_(\d+)>")
-TRIE_FORMAT = "leadre.sid_trie/1"
 
 
 def level_letter(level: int) -> str:
@@ -155,17 +153,3 @@ class SidTrie:
             sid_length=self.sid_length or 0,
         )
 
-    def save(self, path: Path | str) -> None:
-        """JSON with the S-IDs themselves: small, diff-able, and rebuilt in one pass on load."""
-        write_json(path, {"format": TRIE_FORMAT, "sid_length": self.sid_length, "count": len(self),
-                          "sids": self.sids()})
-
-    @classmethod
-    def load(cls, path: Path | str) -> SidTrie:
-        payload = read_json(path)
-        if payload.get("format") != TRIE_FORMAT:
-            raise ValueError(f"{path}: not a trie written by this version (format {payload.get('format')!r}, "
-                             f"expected {TRIE_FORMAT!r})")
-        trie = cls.from_sids(payload["sids"])
-        trie.sid_length = payload["sid_length"]
-        return trie

@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
 from leadre.config import LoraParams, ModelParams, Params, _TrainerParams
-from leadre.io import atomic_dir, write_json
+from leadre.bundle import write_bundle
+from leadre.io import write_json
 from leadre.train.model import BUILTIN_TINY
 
 log = logging.getLogger(__name__)
-
-BUNDLE_META = "leadre_model.json"
-BUNDLE_SIDS = "sids"
-# What a served model needs besides weights and tokenizer: the S-ID table, the live-ad trie and the codebooks
-# (new ads get S-IDs from the same codebooks), so a registered model is self-contained.
-SID_FILES = ("ad_sids.parquet", "trie.json", "codebooks.npz", "quantizer.json")
 
 
 def lora_enabled(lora: LoraParams, model: ModelParams) -> bool:
@@ -100,16 +94,8 @@ def new_token_ids(tokenizer, sid_tokens: list[str]) -> list[int]:
 
 
 def save_bundle(params: Params, model, tokenizer, target: Path, meta: dict[str, Any]) -> None:
-    """Write the model folder atomically: weights, tokenizer, the S-ID files and a small JSON of provenance."""
-    sids_dir = params.path(params.sids.out_dir)
-    with atomic_dir(target) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / BUNDLE_SIDS).mkdir()
-        for name in SID_FILES:
-            if (sids_dir / name).exists():
-                shutil.copy2(sids_dir / name, tmp / BUNDLE_SIDS / name)
-        write_json(tmp / BUNDLE_META, meta)
+    """The model bundle (leadre/bundle.py) with this run's S-ID files."""
+    write_bundle(target, model, tokenizer, params.path(params.sids.out_dir), meta)
 
 
 def log_metrics_file(path: Path, metrics: dict[str, float]) -> None:

@@ -16,7 +16,8 @@ from leadre.config import Params
 from leadre.sids.build import sid_vocabulary
 from leadre.train import common
 from leadre.train.data import DPO_COLUMNS, load_split
-from leadre.train.model import load_trained, parameter_count, set_cpu_threads
+from leadre.runtime import set_cpu_threads
+from leadre.train.model import load_trained, parameter_count
 from leadre.train.scoring import preference_accuracy
 
 log = logging.getLogger(__name__)

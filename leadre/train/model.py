@@ -186,13 +186,5 @@ def _unreadable_weights(folder: Path) -> Path | str:
     return folder
 
 
-def set_cpu_threads(threads: int) -> None:
-    """torch's intra-op threads for CPU work (0 leaves torch's default); no effect on GPU kernels."""
-    import torch
-
-    if threads > 0 and not torch.cuda.is_available():
-        torch.set_num_threads(threads)
-
-
 def parameter_count(lm) -> int:
     return sum(p.numel() for p in lm.parameters())

@@ -15,6 +15,7 @@ from typing import Any
 
 from leadre.config import Params
 from leadre.sids.build import sid_vocabulary
+from leadre.runtime import set_cpu_threads
 from leadre.train import common
 from leadre.train.data import SFT_COLUMNS, corpus, load_split
 from leadre.train.model import (
@@ -22,7 +23,6 @@ from leadre.train.model import (
     check_causal_lm,
     load_model,
     parameter_count,
-    set_cpu_threads,
 )
 from leadre.train.scoring import unigram_loss
 

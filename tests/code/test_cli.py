@@ -62,6 +62,15 @@ def test_help_is_fast_because_steps_import_lazily(tmp_path):
     assert result.stdout.strip() == "[]"
 
 
+def test_help_imports_no_pandas_or_pyarrow():
+    # the command table is built from leadre.steps at import: it must not drag in a step's (data) libraries
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "leadre.cli", "--help"], capture_output=True,
+                            text=True, check=True)
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in result.stderr.splitlines() if "|" in line}
+    assert "Commands" in result.stdout
+    assert not imported & {"pandas", "pyarrow", "numpy", "torch", "mlflow", "great_expectations"}, sorted(imported)
+
+
 # ------------------------------------------------------------------------------------------------ every error one line
 
 def _subcommands(command=None, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:

@@ -15,7 +15,7 @@ from leadre.serve.bundle import BundleError
 from leadre.serve.store import StoreError
 from leadre.sids.build import SidCollisionError
 from leadre.train.model import ModelError
-from tests.conftest import write_params
+from tests.conftest import REPO, write_params
 
 
 @pytest.mark.parametrize("error, old_base", [
@@ -86,3 +86,11 @@ def test_any_other_error_is_left_to_airflow_retries(tmp_path, airflow_task):
     write_params(tmp_path)  # no evaluation summary yet: a plain FileNotFoundError, which Airflow retries
     with pytest.raises(FileNotFoundError):
         run_local_step("gate", tmp_path / "params.yaml")
+
+
+def test_the_one_process_retrain_reports_a_user_error_as_the_cli_does(tmp_path):
+    (tmp_path / "params.yaml").write_text("sft: [", encoding="utf-8")
+    result = subprocess.run([sys.executable, str(REPO / "pipelines" / "retrain.py"), "--params", "params.yaml"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1].startswith("error: validate: params.yaml: not valid YAML")

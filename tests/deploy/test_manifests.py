@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from leadre.orchestration import pods
+from leadre.steps import STEPS
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
@@ -102,11 +103,12 @@ def airflow_values() -> dict[str, Any]:
 _RENDER = """
 import inspect, json, sys
 import leadre.orchestration.pods as pods
+from leadre.steps import STEPS
 heavy = sorted(m for m in ("airflow", "kubernetes", "torch", "mlflow") if m in sys.modules)
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 accepted = set(inspect.signature(KubernetesPodOperator.__init__).parameters)
-unknown = sorted(set().union(*(pods.pod_operator_kwargs(s) for s in pods.STEPS)) - accepted)
-rendered = {step: pods.render_pod(step) for step in pods.STEPS}
+unknown = sorted(set().union(*(pods.pod_operator_kwargs(s) for s in STEPS)) - accepted)
+rendered = {step: pods.render_pod(step) for step in STEPS}
 print(json.dumps({"heavy_imports": heavy, "unknown_kwargs": unknown, "pods": rendered}))
 """
 
@@ -377,7 +379,7 @@ def test_network_policies_deny_by_default_and_open_only_what_each_pod_needs(rend
     mlflow, redis, postgres = (labels("Deployment", "leadre-mlflow"), labels("Deployment", "leadre-redis"),
                                labels("StatefulSet", "leadre-postgres"))
     serve, nearline = labels("Deployment", "leadre-serve"), labels("CronJob", "leadre-nearline")
-    steps = [{**pods.KubernetesRunnerSettings().labels, "leadre.io/step": step} for step in pods.STEPS]
+    steps = [{**pods.KubernetesRunnerSettings().labels, "leadre.io/step": step} for step in STEPS]
     stranger = {"app": "debug-shell"}  # any other pod in the namespace
 
     for pipeline in [nearline, *steps]:
@@ -456,11 +458,11 @@ def test_pods_module_is_light_and_passes_only_arguments_the_operator_accepts(ste
 
 def test_every_step_pod_validates_against_the_pod_schema(step_pods, validator):
     rendered = step_pods["pods"]
-    assert set(rendered) == set(pods.STEPS)
+    assert set(rendered) == set(STEPS)
     assert schema_errors(validator, list(rendered.values())) == []
 
 
-@pytest.mark.parametrize("step", pods.STEPS)
+@pytest.mark.parametrize("step", STEPS)
 def test_step_pod_runs_the_step_non_root_on_the_shared_volume(step_pods, step):
     pod = step_pods["pods"][step]
     assert pod["metadata"]["namespace"] == "leadre" and pod["metadata"]["name"].startswith(f"leadre-{step}-")
@@ -468,7 +470,7 @@ def test_step_pod_runs_the_step_non_root_on_the_shared_volume(step_pods, step):
     spec = pod["spec"]
     container = spec["containers"][0]
     assert container["command"] == ["leadre"]
-    assert container["args"] == ["--params", "/workspace/params.yaml", *pods.STEP_ARGS[step]]
+    assert container["args"] == ["--params", "/workspace/params.yaml", *STEPS[step].command]
     assert spec["restartPolicy"] == "Never" and spec["serviceAccountName"] == "leadre-workload"
     claims = {v["name"]: v["persistentVolumeClaim"]["claimName"]
               for v in spec["volumes"] if "persistentVolumeClaim" in v}
@@ -485,7 +487,7 @@ def test_step_pod_runs_the_step_non_root_on_the_shared_volume(step_pods, step):
     assert {"cpu", "memory"} <= set(container["resources"]["requests"]) <= set(container["resources"]["limits"])
 
 
-@pytest.mark.parametrize("step", pods.STEPS)
+@pytest.mark.parametrize("step", STEPS)
 def test_gpu_steps_get_a_gpu_node_and_cpu_steps_do_not(step_pods, step):
     spec = step_pods["pods"][step]["spec"]
     limits = spec["containers"][0]["resources"]["limits"]

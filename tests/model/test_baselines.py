@@ -25,7 +25,8 @@ from leadre.evaluate.baselines import (
     ad_engagements,
     engaged_ads,
 )
-from leadre.evaluate.metrics import PAD, ranking_metrics
+from leadre.evaluate.metrics import ranking_metrics
+from leadre.units import PAD
 
 AD = 1_000_000_000
 A, B, C, D, E = (AD + i for i in range(5))

@@ -94,3 +94,45 @@ def test_recommendations_are_k_live_distinct_ads_never_already_engaged(trained):
         assert not set(shown) & set(excluded)
         assert len(shown) == min(k, len(live - set(excluded)))
     assert np.all(np.diff(scores, axis=1)[np.isfinite(scores[:, 1:])] <= 1e-9), "lists are not sorted by score"
+
+
+def test_a_registered_baseline_is_evaluated_and_can_be_the_gates_reference(trained, tmp_path_factory, monkeypatch):
+    """Adding a baseline = one class with its params model + one `evaluate.baselines` entry: evaluation runs it,
+    fuses with it when it is the fusion channel, and the gate compares with it when there is no champion."""
+    from leadre.config import load_params
+    from leadre.evaluate import baselines
+    from leadre.evaluate.gate import decide
+
+    class NewestFirstParams(baselines.BaselineParams):
+        fallback_half_life_days: float | None = None
+        newest: bool = True
+
+    class NewestFirst(baselines.ScoringRecommender):
+        """Higher ad ids first (the generator numbers ads in launch order)."""
+
+        name = "newest_first"
+        Params = NewestFirstParams
+
+        def _fit(self, engagements: pd.DataFrame) -> None:
+            pass
+
+        def _score(self, user_ids: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+            order = candidates.astype(float) if self.params.newest else -candidates.astype(float)
+            return np.broadcast_to(order, (len(user_ids), len(candidates)))
+
+    monkeypatch.setitem(baselines.BASELINES, NewestFirst.name, NewestFirst)
+    params, _, _ = trained
+    root = tmp_path_factory.mktemp("evaluated_with_a_new_baseline")
+    shutil.copytree(params.root, root, dirs_exist_ok=True)
+    with pytest.raises(ValueError, match=r"evaluate\.baselines\.newest_first\.newest"):
+        load_params(root / "params.yaml", {"evaluate.baselines": {"newest_first": {"newest": "sometimes"}}})
+    params = load_params(root / "params.yaml", {
+        "evaluate.baselines": {"newest_first": {}}, "fusion.channel": "newest_first", "evaluate.compare_dirs": {},
+        "evaluate.max_users": 20, "evaluate.value_weights": [0.0], "evaluate.diversity_penalties": [0.0]})
+    summary = run_evaluate(params)
+    assert summary["baselines"] == ["newest_first"]
+    assert {"newest_first", FUSION} <= set(summary["methods"]) and "itemknn" not in summary["methods"]
+    assert "newest_first" in summary["lifts"][CANDIDATE]
+    if "champion" not in summary["methods"]:
+        decision = decide(summary["methods"], summary["lifts"], params.gate, summary["baselines"])
+        assert (decision.reference, decision.reference_kind) == ("newest_first", "baseline")

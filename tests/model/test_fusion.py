@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from leadre.config import FusionParams
-from leadre.evaluate.metrics import PAD
+from leadre.units import PAD
 from leadre.generate.fusion import fuse
 
 SETTINGS = FusionParams(channel="itemknn", llm_weight=1.0, channel_weight=1.0, rank_constant=10, depth=50)

@@ -13,6 +13,7 @@ from tests.conftest import REPO
 GATE = GateParams(primary_metric="ndcg@10", min_relative_lift=0.02, guardrails={"hr@10": 0.05, "coverage": 0.25},
                   decision_file="reports/gate.json")
 NAN = math.nan
+BASELINES = ("popularity", "itemknn", "sasrec")  # what the evaluation summary lists as its baselines
 
 
 def method(ndcg: float, hr: float = 0.3, coverage: float = 0.5, validity: float = 1.0) -> dict[str, float]:
@@ -80,7 +81,7 @@ def test_a_guardrail_breach_fails_even_with_a_better_primary_metric():
 
 def test_without_a_champion_the_best_baseline_is_the_reference():
     d = decide({"candidate": method(0.16), "popularity": method(0.03), "itemknn": method(0.154),
-                "sasrec": method(0.150)}, lifts(0.025, 0.06, reference="itemknn"), GATE)
+                "sasrec": method(0.150)}, lifts(0.025, 0.06, reference="itemknn"), GATE, BASELINES)
     assert d.reference == "itemknn" and d.reference_kind == "baseline"
     assert d.passed  # the interval over itemknn starts at +2.5% > 2%
 
@@ -109,7 +110,7 @@ def test_an_invalid_output_fails_whatever_the_metrics():
 ])
 def test_a_nan_anywhere_in_the_decision_fails_it_with_a_reason(case, methods, intervals, reason):
     # before: `nan < needed` is False, so a NaN metric read as "gate PASSED … nan ≥ 0.1343"
-    d = decide(methods, intervals, GATE)
+    d = decide(methods, intervals, GATE, BASELINES)
     assert not d.passed, case
     assert any(reason in r for r in d.reasons), d.reasons
 
@@ -122,7 +123,7 @@ def test_unknown_metrics_are_errors_not_passes():
         decide({"candidate": method(0.2), "champion": method(0.1)}, lifts(0.5, 1.5),
                GATE.model_copy(update={"guardrails": {"mrr": 0.1}}))
     with pytest.raises(ValueError, match="no champion and no baseline"):
-        decide({"candidate": method(0.2)}, {}, GATE)
+        decide({"candidate": method(0.2)}, {}, GATE, BASELINES)
 
 
 @pytest.mark.parametrize("value", ["nan", ".nan", "inf", "-.inf"])

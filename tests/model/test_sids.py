@@ -20,10 +20,8 @@ from leadre.config import Params
 from leadre.data.tables import read_tables
 from leadre.data.validate import run_validate
 from leadre.sids import SidTrie, format_sid, sid_tokens, sid_vocabulary
+from leadre.bundle import CODEBOOKS_FILE, QUANTIZER_FILE, SID_REPORT_FILE, SID_TABLE
 from leadre.sids.build import (
-    REPORT_FILE,
-    TABLE_FILE,
-    TRIE_FILE,
     SidCollisionError,
     ad_texts,
     disambiguate,
@@ -35,7 +33,6 @@ from leadre.sids.build import (
 )
 from leadre.sids.encoder import EmbeddingCache, embed_texts, text_digests
 from leadre.sids.quantize import (
-    CODEBOOKS_FILE,
     RQVAE_WEIGHTS_FILE,
     ResidualKMeans,
     load_quantizer,
@@ -80,6 +77,11 @@ def write_ads(params: Params, ads: pd.DataFrame) -> None:
 
 def out_dir(params: Params) -> Path:
     return params.path(params.sids.out_dir)
+
+
+def live_trie(table: pd.DataFrame) -> SidTrie:
+    """The trie generation builds from the table (leadre/generate/recommender.py): the live ads' S-IDs."""
+    return SidTrie.from_sids(table.loc[table["live"], "sid"])
 
 
 def folder_bytes(folder: Path) -> dict[str, bytes]:
@@ -130,7 +132,7 @@ def test_disambiguation_does_not_depend_on_row_order():
 
 def test_trie_holds_live_ads_and_only_them(built):
     params, report, table = built
-    trie = SidTrie.load(out_dir(params) / TRIE_FILE)
+    trie = live_trie(table)
     active = set(ads_of(params).query("status == 'active'")["ad_id"])
     assert set(table.loc[table["live"], "ad_id"]) == active
     assert [trie.contains(sid) for sid in table["sid"]] == table["live"].tolist()
@@ -141,7 +143,7 @@ def test_trie_holds_live_ads_and_only_them(built):
 def test_trie_children_are_exactly_the_valid_next_tokens(built):
     params, _, table = built
     live = table.loc[table["live"], "sid"].map(lambda s: tuple(sid_tokens(s))).tolist()
-    trie = SidTrie.load(out_dir(params) / TRIE_FILE)
+    trie = live_trie(table)
     for depth in range(params.sids.levels + 1):
         for prefix in {tokens[:depth] for tokens in live}:
             expected = {tokens[depth] for tokens in live if tokens[:depth] == prefix}
@@ -255,7 +257,7 @@ def test_new_ads_get_sids_from_frozen_codebooks(tmp_path, validated, shared_cach
     kept = after.set_index("ad_id").loc[before["ad_id"]].reset_index()
     pd.testing.assert_frame_equal(kept.drop(columns="live"), before.drop(columns="live"))
     assert (out_dir(params) / CODEBOOKS_FILE).read_bytes() == codebooks
-    trie = SidTrie.load(out_dir(params) / TRIE_FILE)
+    trie = live_trie(after)
     active = set(changed.query("status == 'active'")["ad_id"])
     assert set(after.loc[after["live"], "ad_id"]) == active and paused_id not in active
     assert [trie.contains(s) for s in after["sid"]] == after["live"].tolist()
@@ -298,7 +300,7 @@ def test_too_many_collisions_is_a_clear_error_and_keeps_the_last_build(tmp_path,
     with pytest.raises(SidCollisionError, match="(?i)raise sids.codebook_size or sids.levels .* sids.max_collisions"):
         run_build_sids(coarse)
     assert folder_bytes(out_dir(params)) == previous
-    assert set(previous) >= {TABLE_FILE, TRIE_FILE, REPORT_FILE, CODEBOOKS_FILE, "quantizer.json"}
+    assert set(previous) >= {SID_TABLE, SID_REPORT_FILE, CODEBOOKS_FILE, QUANTIZER_FILE}
 
 
 def test_fewer_points_than_codebook_entries():

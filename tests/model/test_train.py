@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from leadre.bundle import SID_FILES, bundle_sids
 from leadre.sids import sid_tokens, sid_vocabulary
 from leadre.tracking import RETRAIN_TAG, dvc_md5, tracking_uri
 from leadre.train.checkpointing import COMPLETE_MARKER
@@ -45,7 +46,7 @@ def test_saved_model_has_every_sid_token_as_one_token(trained):
     assert tokenizer(sid, add_special_tokens=False)["input_ids"] == tokenizer.convert_tokens_to_ids(sid_tokens(sid))
     assert model.get_input_embeddings().weight.shape[0] >= len(tokenizer)
     folder = params.path(params.sft.out_dir)
-    assert (folder / "sids" / "trie.json").exists() and (folder / "sids" / "ad_sids.parquet").exists()
+    assert {path.name for path in bundle_sids(folder).iterdir()} == set(SID_FILES)
 
 
 def test_dpo_prefers_chosen_ads_more_often_than_the_sft_model(trained):

@@ -32,6 +32,8 @@ import yaml
 
 from leadre.orchestration import dag_support as ds
 from leadre.orchestration import pods
+from leadre.steps import STEPS
+from tests.airflow_harness import isolated_airflow_env, run_dag_test
 from tests.conftest import prepared_workspace
 
 REPO = Path(__file__).resolve().parents[2]
@@ -200,7 +202,7 @@ PLACEHOLDER_KUBECONFIG = pods._PLACEHOLDER_KUBECONFIG
 
 
 def inspect_dag(home: Path, runner: str) -> dict[str, Any]:
-    env = ds.isolated_airflow_env(home, DAGS, LEADRE_RUNNER=runner, LEADRE_PARAMS=str(REPO / "params.yaml"))
+    env = isolated_airflow_env(home, DAGS, LEADRE_RUNNER=runner, LEADRE_PARAMS=str(REPO / "params.yaml"))
     env = {k: v for k, v in env.items() if not k.startswith("LEADRE_K8S_")}  # pods.py's defaults, as in k8s/base
     if runner == "kubernetes":
         kubeconfig = home / "kubeconfig"
@@ -307,7 +309,7 @@ def test_kubernetes_runner_builds_schema_valid_pods_with_gpus_only_for_training_
             "model.base_model": "/models/qwen", "sft.learning_rate": 0.0002, "sft.lora.enabled": True,
             "dpo.lora.enabled": True, "dpo.beta": 0.2}, step
         tail = args[2 + 2 * len(sets):]
-        expected = [*pods.STEP_ARGS[step], *(ds.GATE_POD_ARGS if step == "gate" else ())]
+        expected = [*STEPS[step].command, *(ds.GATE_POD_ARGS if step == "gate" else ())]
         assert tail == expected, step
         env = {e["name"]: e.get("value") for e in main.get("env") or []}
         assert env["LEADRE_RETRAIN_ID"] == "{{ run_id }}"
@@ -371,7 +373,7 @@ print("SEMANTICS " + json.dumps(results), flush=True)
 @pytest.fixture(scope="module")
 def stand_in_runs(tmp_path_factory) -> tuple[list[dict[str, Any]], str]:
     home = tmp_path_factory.mktemp("airflow_semantics")
-    env = ds.isolated_airflow_env(home, DAGS, LEADRE_PARAMS=str(REPO / "params.yaml"), LEADRE_RETRIES="0")
+    env = isolated_airflow_env(home, DAGS, LEADRE_PARAMS=str(REPO / "params.yaml"), LEADRE_RETRIES="0")
     airflow = str(Path(sys.executable).with_name("airflow"))
     migrate = subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True, text=True, timeout=300)
     assert migrate.returncode == 0, migrate.stdout[-3000:] + migrate.stderr[-3000:]
@@ -499,7 +501,7 @@ def test_dag_test_runs_the_whole_retrain_on_the_tiny_world(tmp_path, prepared_da
     prepared_workspace(workspace, prepared_data)
     params_file = workspace / "params.yaml"
     started = time.perf_counter()
-    run = ds.run_dag_test(tmp_path / "airflow", DAGS, TINY_CONF, timeout=1800,
+    run = run_dag_test(tmp_path / "airflow", DAGS, TINY_CONF, timeout=1800,
                           env={"LEADRE_PARAMS": str(params_file), "LEADRE_RETRIES": "0"})
     seconds = time.perf_counter() - started
     states = {step: task["state"] for step, task in run["tasks"].items()}
@@ -591,7 +593,7 @@ def test_rest_api_triggers_a_retrain_that_succeeds(tmp_path, prepared_data):
     home.mkdir()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    env = ds.isolated_airflow_env(
+    env = isolated_airflow_env(
         home, DAGS,
         # no schedule: unpausing a scheduled DAG starts the latest interval's run at once (catchup=False or not),
         # and max_active_runs=1 would queue the triggered run behind it
