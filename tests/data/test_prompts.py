@@ -289,3 +289,22 @@ def test_card_reports_the_recent_events_kept_and_the_default_keeps_several(tmp_p
         assert recent["none_share"] < 0.05 and recent["p50"] >= 3, (split, recent)
     readme = (params.path(params.prompts.out_dir) / "README.md").read_text(encoding="utf-8")
     assert "Recent events the main task's prompts keep" in readme
+
+
+def test_a_cutoff_half_life_draws_recent_clicks_more_often(tmp_path, tiny_world):
+    """prompts.train_cutoff_half_life_days leans the train cut-offs towards the end of training; off, it is uniform."""
+    means = {}
+    for half_life in (None, 3.0):
+        params = write_params(tmp_path / str(half_life), {"prompts.train_cutoff_half_life_days": half_life,
+                                                          "prompts.max_train_cutoffs_per_user": 2})
+        shutil.copytree(tiny_world, params.path(params.data.generated_dir))
+        run_validate(params)
+        ads = read_tables(params.path(params.data.validated_dir), ("ads",))["ads"]
+        _write_sids(params, {a: f"<a_{i % 7}><b_{i // 7 % 7}><c_{i // 49}><d_0>" for i, a in enumerate(ads["ad_id"])})
+        run_build_prompts(params)
+        train = _sft(params, "train")
+        cutoffs = train[train["task"] == "main"].drop_duplicates(["user_id", "cutoff"])["cutoff"]
+        means[half_life] = cutoffs.mean()
+        test_cut = pd.Timestamp(params.data.snapshot_time) - pd.Timedelta(days=params.prompts.holdout_days)
+        assert (cutoffs < test_cut).all()
+    assert means[3.0] - means[None] > pd.Timedelta(days=3)
