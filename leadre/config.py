@@ -6,6 +6,7 @@ the key, so a typo never silently falls back to a default.
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -16,6 +17,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -37,19 +39,45 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        raise ValueError("must carry a UTC offset, e.g. 2026-11-01T00:00:00+00:00")
+    return value
+
+
+class RecboleImportParams(_Section):
+    """How `leadre data import --format recbole` maps a RecBole atomic dataset onto the contract."""
+
+    title_fields: list[str] = Field(min_length=1)
+    category_fields: list[str] = Field(min_length=1)
+    conversion_rating: float | None
+    ecpm_seed: int
+    ecpm_median: float = Field(gt=0)
+    ecpm_sigma: float = Field(ge=0)
+
+
 class DataParams(_Section):
-    snapshot_time: datetime
+    # Read as `snapshot_time` (a property): the setting, or else the data's own (see `snapshot_of`).
+    snapshot_setting: datetime | None = Field(alias="snapshot_time")
     generated_dir: Path
     imported_dir: Path
     source_dir: Path
     validated_dir: Path
+    recbole: RecboleImportParams
+    _snapshot: datetime | None = PrivateAttr(None)
+    _snapshot_problem: str = PrivateAttr("")
 
-    @field_validator("snapshot_time")
+    @field_validator("snapshot_setting")
     @classmethod
-    def _aware(cls, value: datetime) -> datetime:
-        if value.tzinfo is None:
-            raise ValueError("must carry a UTC offset, e.g. 2026-11-01T00:00:00+00:00")
-        return value
+    def _has_offset(cls, value: datetime | None) -> datetime | None:
+        return _aware(value)
+
+    @property
+    def snapshot_time(self) -> datetime:
+        """"Now" for the data: nothing happens at or after it."""
+        if self._snapshot is None:
+            raise ConfigError(self._snapshot_problem or "data.snapshot_time is not resolved")
+        return self._snapshot
 
 
 class WorldScale(_Section):
@@ -74,6 +102,7 @@ class DomainMix(_Section):
 
 class WorldParams(_Section):
     seed: int
+    snapshot_time: datetime
     scale: str
     scales: dict[str, WorldScale]
     history_days: int = Field(gt=0)
@@ -92,6 +121,11 @@ class WorldParams(_Section):
     paused_share: float = Field(ge=0, lt=1)
     popularity_sigma: float = Field(ge=0)
     ecpm_popularity_exponent: float = Field(ge=0)
+
+    @field_validator("snapshot_time")
+    @classmethod
+    def _has_offset(cls, value: datetime) -> datetime:
+        return _aware(value)
 
     @model_validator(mode="after")
     def _known_scale(self) -> WorldParams:
@@ -286,6 +320,7 @@ class BootstrapParams(_Section):
 
 
 class EvaluateParams(_Section):
+    protocol: Literal["temporal", "leave_last_out"]
     split: Literal["valid", "test"]
     candidate_dir: Path
     compare_dirs: dict[str, Path]
@@ -399,6 +434,30 @@ class Params(_Section):
     serve: ServeParams
     orchestration: OrchestrationParams
     root: Path = Field(default=Path("."), exclude=True)
+
+    def model_post_init(self, context: Any) -> None:
+        try:
+            self.data._snapshot = self.snapshot_of(self.path(self.data.source_dir))
+        except ConfigError as err:  # only the steps that read the snapshot fail: `data import` must still run
+            self.data._snapshot_problem = str(err)
+
+    def snapshot_of(self, source: Path) -> datetime:
+        """The snapshot of the data in `source`: `data.snapshot_time` when set; else the generated world's
+        (`world.snapshot_time`) for data.generated_dir; else what the folder's manifest records (`data import`
+        writes it: the value given at import, or the data's own, see leadre/data/importer.py)."""
+        if self.data.snapshot_setting is not None:
+            return self.data.snapshot_setting
+        if Path(source).resolve() == self.path(self.data.generated_dir).resolve():
+            return self.world.snapshot_time
+        manifest = Path(source) / "manifest.json"
+        try:
+            recorded = json.loads(manifest.read_text(encoding="utf-8")).get("snapshot_time")
+        except (OSError, ValueError):
+            recorded = None
+        if not recorded:
+            raise ConfigError(f"data.snapshot_time is null (take it from the data), but {manifest} records no "
+                              "snapshot_time (run `leadre data import` into that folder, or set data.snapshot_time)")
+        return datetime.fromisoformat(recorded)
 
     def path(self, relative: Path | str) -> Path:
         """Resolve a params path against the folder params.yaml lives in, as DVC does."""

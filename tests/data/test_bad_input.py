@@ -209,12 +209,12 @@ CORRUPTIONS = [
     Corruption("duplicated CSV header", _as_csv("ads", _duplicate_header), "ads.csv", "column names are unique"),
     Corruption("record with a line break, then a bad id", _csv_of("contents", _title_with_line_break_then_bad_id),
                "contents.csv", "values are of type int"),
-    # times before 2000 are what broken exports write (0 → 1970-01-01), not ad logs
+    # times before 1990 are what broken exports write (0 → 1970-01-01), not ad logs
     Corruption("event in 1970", _edit("events", lambda f: _set(f, 0, "ts", pd.Timestamp("1970-01-01", tz="UTC"))),
-               "events.parquet", "on or after 2000-01-01"),
+               "events.parquet", "on or after 1990-01-01"),
     Corruption("ad launched in 1970", _edit("ads", lambda f: _set(f, 0, "created_at",
                                                                   pd.Timestamp("1970-01-01", tz="UTC"))),
-               "ads.parquet", "on or after 2000-01-01"),
+               "ads.parquet", "on or after 1990-01-01"),
     # text reaches the training prompts: no control or direction-changing characters, bounded length
     Corruption("NUL in a title", _edit("ads", lambda f: _set(f, 2, "title", "Cheap\x00 flights")), "ads.parquet",
                "no control or bidi characters"),
