@@ -64,8 +64,9 @@ class DataParams(_Section):
     source_dir: Path
     validated_dir: Path
     recbole: RecboleImportParams
-    _snapshot: datetime | None = PrivateAttr(None)
-    _snapshot_problem: str = PrivateAttr("")
+    # set by Params: what resolving the snapshot needs beyond this section (values, so equal params stay equal)
+    _root: Path = PrivateAttr(Path("."))
+    _world_snapshot: datetime | None = PrivateAttr(None)
 
     @field_validator("snapshot_setting")
     @classmethod
@@ -74,10 +75,27 @@ class DataParams(_Section):
 
     @property
     def snapshot_time(self) -> datetime:
-        """"Now" for the data: nothing happens at or after it."""
-        if self._snapshot is None:
-            raise ConfigError(self._snapshot_problem or "data.snapshot_time is not resolved")
-        return self._snapshot
+        """"Now" for the data in source_dir: nothing happens at or after it. Read when asked, not when the params
+        load: `data import` may write the manifest after that."""
+        return self.snapshot_of(self._root / self.source_dir)
+
+    def snapshot_of(self, source: Path) -> datetime:
+        """The snapshot of the data in `source`: `data.snapshot_time` when set; else the generated world's
+        (`world.snapshot_time`) for generated_dir; else what the folder's manifest records (`data import` writes
+        it: the value given at import, or the data's own, see leadre/data/importer.py)."""
+        if self.snapshot_setting is not None:
+            return self.snapshot_setting
+        if Path(source).resolve() == (self._root / self.generated_dir).resolve() and self._world_snapshot:
+            return self._world_snapshot
+        manifest = Path(source) / "manifest.json"
+        try:
+            recorded = json.loads(manifest.read_text(encoding="utf-8")).get("snapshot_time")
+        except (OSError, ValueError, AttributeError):
+            recorded = None
+        if not recorded:
+            raise ConfigError(f"data.snapshot_time is null (take it from the data), but {manifest} records no "
+                              "snapshot_time (run `leadre data import` into that folder, or set data.snapshot_time)")
+        return datetime.fromisoformat(recorded)
 
 
 class WorldScale(_Section):
@@ -436,28 +454,10 @@ class Params(_Section):
     root: Path = Field(default=Path("."), exclude=True)
 
     def model_post_init(self, context: Any) -> None:
-        try:
-            self.data._snapshot = self.snapshot_of(self.path(self.data.source_dir))
-        except ConfigError as err:  # only the steps that read the snapshot fail: `data import` must still run
-            self.data._snapshot_problem = str(err)
+        self.data._root, self.data._world_snapshot = self.root, self.world.snapshot_time
 
     def snapshot_of(self, source: Path) -> datetime:
-        """The snapshot of the data in `source`: `data.snapshot_time` when set; else the generated world's
-        (`world.snapshot_time`) for data.generated_dir; else what the folder's manifest records (`data import`
-        writes it: the value given at import, or the data's own, see leadre/data/importer.py)."""
-        if self.data.snapshot_setting is not None:
-            return self.data.snapshot_setting
-        if Path(source).resolve() == self.path(self.data.generated_dir).resolve():
-            return self.world.snapshot_time
-        manifest = Path(source) / "manifest.json"
-        try:
-            recorded = json.loads(manifest.read_text(encoding="utf-8")).get("snapshot_time")
-        except (OSError, ValueError):
-            recorded = None
-        if not recorded:
-            raise ConfigError(f"data.snapshot_time is null (take it from the data), but {manifest} records no "
-                              "snapshot_time (run `leadre data import` into that folder, or set data.snapshot_time)")
-        return datetime.fromisoformat(recorded)
+        return self.data.snapshot_of(source)
 
     def path(self, relative: Path | str) -> Path:
         """Resolve a params path against the folder params.yaml lives in, as DVC does."""
