@@ -168,7 +168,7 @@ CORRUPTIONS = [
     Corruption("unordered timestamps", _edit("events", _swap_two_events_of_a_user), "events.parquet",
                "timestamps ordered per user"),
     Corruption("empty file", _empty_file("events"), "events.parquet", "file is not empty"),
-    Corruption("header-only table", _as_csv("queries", _header_only), "queries.csv", "table has at least one row"),
+    Corruption("header-only table", _as_csv("ads", _header_only), "ads.csv", "table has at least one row"),
     Corruption("non-UTF-8 text", _as_csv("contents", _latin1_in_line), "contents.csv", "text is UTF-8"),
     Corruption("unparseable timestamp", _as_csv("events", _unparseable_time), "events.csv",
                "values are of type timestamp"),
