@@ -198,12 +198,16 @@ def data_generate(
 def data_import(
     source: Annotated[Path, typer.Argument(help="folder with users/ads/contents/queries/events as .csv or .parquet")],
     mapping: Annotated[Path | None, typer.Option(help="YAML: per table, a file name and contract→your column names")] = None,
+    format_: Annotated[str, typer.Option("--format", help="contract: our tables as CSV/Parquet; recbole: RecBole "
+                                                          "atomic files (NAME.inter, .item, .user)")] = "contract",
 ) -> None:
     """Import your own logs into data.imported_dir (then `dvc add data/imported`)."""
     params = current_params()
-    from leadre.data.importer import run_import
+    from leadre.data.importer import FORMATS, run_import
 
-    counts = run_import(params, source, mapping)
+    if format_ not in FORMATS:
+        raise typer.BadParameter(f"{format_!r} is not one of {', '.join(FORMATS)}", param_hint="--format")
+    counts = run_import(params, source, mapping, format=format_)
     typer.echo(f"imported {counts}")
 
 

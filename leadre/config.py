@@ -6,6 +6,7 @@ the key, so a typo never silently falls back to a default.
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -16,6 +17,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -37,19 +39,63 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        raise ValueError("must carry a UTC offset, e.g. 2026-11-01T00:00:00+00:00")
+    return value
+
+
+class RecboleImportParams(_Section):
+    """How `leadre data import --format recbole` maps a RecBole atomic dataset onto the contract."""
+
+    title_fields: list[str] = Field(min_length=1)
+    category_fields: list[str] = Field(min_length=1)
+    conversion_rating: float | None
+    ecpm_seed: int
+    ecpm_median: float = Field(gt=0)
+    ecpm_sigma: float = Field(ge=0)
+
+
 class DataParams(_Section):
-    snapshot_time: datetime
+    # Read as `snapshot_time` (a property): the setting, or else the data's own (see `snapshot_of`).
+    snapshot_setting: datetime | None = Field(alias="snapshot_time")
     generated_dir: Path
     imported_dir: Path
     source_dir: Path
     validated_dir: Path
+    recbole: RecboleImportParams
+    # set by Params: what resolving the snapshot needs beyond this section (values, so equal params stay equal)
+    _root: Path = PrivateAttr(Path("."))
+    _world_snapshot: datetime | None = PrivateAttr(None)
 
-    @field_validator("snapshot_time")
+    @field_validator("snapshot_setting")
     @classmethod
-    def _aware(cls, value: datetime) -> datetime:
-        if value.tzinfo is None:
-            raise ValueError("must carry a UTC offset, e.g. 2026-11-01T00:00:00+00:00")
-        return value
+    def _has_offset(cls, value: datetime | None) -> datetime | None:
+        return _aware(value)
+
+    @property
+    def snapshot_time(self) -> datetime:
+        """"Now" for the data in source_dir: nothing happens at or after it. Read when asked, not when the params
+        load: `data import` may write the manifest after that."""
+        return self.snapshot_of(self._root / self.source_dir)
+
+    def snapshot_of(self, source: Path) -> datetime:
+        """The snapshot of the data in `source`: `data.snapshot_time` when set; else the generated world's
+        (`world.snapshot_time`) for generated_dir; else what the folder's manifest records (`data import` writes
+        it: the value given at import, or the data's own, see leadre/data/importer.py)."""
+        if self.snapshot_setting is not None:
+            return self.snapshot_setting
+        if Path(source).resolve() == (self._root / self.generated_dir).resolve() and self._world_snapshot:
+            return self._world_snapshot
+        manifest = Path(source) / "manifest.json"
+        try:
+            recorded = json.loads(manifest.read_text(encoding="utf-8")).get("snapshot_time")
+        except (OSError, ValueError, AttributeError):
+            recorded = None
+        if not recorded:
+            raise ConfigError(f"data.snapshot_time is null (take it from the data), but {manifest} records no "
+                              "snapshot_time (run `leadre data import` into that folder, or set data.snapshot_time)")
+        return datetime.fromisoformat(recorded)
 
 
 class WorldScale(_Section):
@@ -74,6 +120,7 @@ class DomainMix(_Section):
 
 class WorldParams(_Section):
     seed: int
+    snapshot_time: datetime
     scale: str
     scales: dict[str, WorldScale]
     history_days: int = Field(gt=0)
@@ -92,6 +139,11 @@ class WorldParams(_Section):
     paused_share: float = Field(ge=0, lt=1)
     popularity_sigma: float = Field(ge=0)
     ecpm_popularity_exponent: float = Field(ge=0)
+
+    @field_validator("snapshot_time")
+    @classmethod
+    def _has_offset(cls, value: datetime) -> datetime:
+        return _aware(value)
 
     @model_validator(mode="after")
     def _known_scale(self) -> WorldParams:
@@ -255,6 +307,7 @@ class BootstrapParams(_Section):
 
 
 class EvaluateParams(_Section):
+    protocol: Literal["temporal", "leave_last_out"]
     split: Literal["valid", "test"]
     candidate_dir: Path
     compare_dirs: dict[str, Path]
@@ -388,6 +441,12 @@ class Params(_Section):
             raise ValueError(f"fusion.channel {self.fusion.channel!r} must be one of evaluate.baselines "
                              f"({', '.join(self.evaluate.baselines)})")
         return self
+
+    def model_post_init(self, context: Any) -> None:
+        self.data._root, self.data._world_snapshot = self.root, self.world.snapshot_time
+
+    def snapshot_of(self, source: Path) -> datetime:
+        return self.data.snapshot_of(source)
 
     def path(self, relative: Path | str) -> Path:
         """Resolve a params path against the folder params.yaml lives in, as DVC does."""

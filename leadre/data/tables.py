@@ -275,7 +275,7 @@ def load_table(path: Path | str, name: str, column_map: Mapping[str, str] | None
         raise DataError([Finding(str(path), "mapped column exists", name, ", ".join(unknown),
                                  detail=f"the column mapping names {unknown}; the file has {list(frame.columns)}")])
     frame = frame.rename(columns=rename)
-    missing = [c for c in table.column_names if c not in frame.columns]
+    missing = [c.name for c in table.columns if c.name not in frame.columns and not c.optional]
     if missing:
         raise DataError([Finding(str(path), "required column present", name, c,
                                  detail=f"file has {list(frame.columns)}") for c in missing])
@@ -284,6 +284,8 @@ def load_table(path: Path | str, name: str, column_map: Mapping[str, str] | None
         log.info("%s: ignoring columns outside the %s contract: %s", path, name, extra)
     findings, columns = [], {}
     for column in table.columns:
+        if column.name not in frame.columns:  # an optional column left out: null here, its default at import
+            frame[column.name] = pd.Series([None] * len(frame), index=frame.index, dtype=object)
         values, bad = _coerce(frame[column.name], column)
         if bad.any():
             rows = np.flatnonzero(bad)
@@ -301,7 +303,9 @@ def write_tables(tables: Mapping[str, pd.DataFrame], out_dir: Path, manifest: di
     counts = {name: len(tables[name]) for name in TABLES}
     with atomic_dir(out_dir) as tmp:
         for name in TABLES:
-            frame = tables[name][list(CONTRACTS[name].column_names)]
+            # reindex: a writer that predates an optional column (the generator, for `users.attributes`) leaves
+            # it null
+            frame = tables[name].reindex(columns=list(CONTRACTS[name].column_names))
             frame.to_parquet(tmp / f"{name}.parquet", index=False, row_group_size=1_000_000)
         write_json(tmp / MANIFEST, {**manifest, "rows": counts})
     return counts

@@ -3,7 +3,9 @@
 Protocol (full ranking, as RecBole's): one ranking per user at the split's cut-off; relevant = every ad the user
 engaged with in the split's window (all intents); candidates = the live ads, for every method; ads the user already
 engaged with before the cut-off are excluded from every ranking (`evaluate.exclude_engaged`). Baselines learn from
-ad engagements strictly before the cut-off, so no method sees the answers.
+ad engagements strictly before the cut-off, so no method sees the answers. Under `evaluate.protocol:
+leave_last_out` the cut-off is each user's own (the instant of their held-out engagement), and so are the
+baselines' history and the exclusions (`leave_out_history`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from leadre.evaluate import metrics as m
 from leadre.evaluate.bootstrap import paired_lift
 from leadre.evaluate.baselines import ad_engagements, engaged_ads, make_baseline
 from leadre.io import write_json
+from leadre.prompts.pairs import leave_out_targets
 from leadre.runtime import set_cpu_threads
 from leadre.sids.build import load_sid_table
 
@@ -40,10 +43,11 @@ class EvalSet:
     prompts: list[list[dict]]
     relevant: list[np.ndarray]
     exclude: list[np.ndarray] | None
-    cutoff: pd.Timestamp
-    engagements: pd.DataFrame  # ad engagements before the cut-off: what baselines learn from
+    cutoff: pd.Timestamp  # the split's cut-off; under leave_last_out the latest user's (new ads count from it)
+    engagements: pd.DataFrame  # ad engagements before each user's cut-off: what baselines learn from
     candidates: np.ndarray  # live ad ids
     ads: pd.DataFrame  # indexed by ad_id: industry, ecpm, created_at
+    user_cutoffs: pd.Series | None = None  # leave_last_out: each scored user's own cut-off, by user_id
 
 
 def load_eval_set(params: Params) -> EvalSet:
@@ -61,9 +65,15 @@ def load_eval_set(params: Params) -> EvalSet:
     if ev.max_users and len(users) > ev.max_users:
         users = users.sample(n=ev.max_users, random_state=ev.seed).sort_index()
     relevant = by_user["all_target_ad_ids"].agg(lambda lists: np.unique(np.concatenate(list(lists))))
-    cutoff = pd.Timestamp(rows["cutoff"].iloc[0])
     tables = read_tables(params.path(params.data.validated_dir), ("ads", "events"))
-    engagements = ad_engagements(tables["events"], before=cutoff)
+    user_cutoffs = None
+    if ev.protocol == "leave_last_out":
+        user_cutoffs = by_user["cutoff"].first()
+        engagements = leave_out_history(ad_engagements(tables["events"]), ev.split)
+        cutoff = pd.Timestamp(user_cutoffs.max())
+    else:
+        cutoff = pd.Timestamp(rows["cutoff"].iloc[0])
+        engagements = ad_engagements(tables["events"], before=cutoff)
     user_ids = users.index.to_numpy(np.int64)
     sid_table = load_sid_table(params.path(params.sids.out_dir))
     return EvalSet(
@@ -72,7 +82,20 @@ def load_eval_set(params: Params) -> EvalSet:
         exclude=engaged_ads(engagements, user_ids) if ev.exclude_engaged else None,
         cutoff=cutoff, engagements=engagements,
         candidates=sid_table.loc[sid_table["live"], "ad_id"].to_numpy(np.int64),
-        ads=tables["ads"].set_index("ad_id")[["industry", "ecpm", "created_at"]])
+        ads=tables["ads"].set_index("ad_id")[["industry", "ecpm", "created_at"]],
+        user_cutoffs=None if user_cutoffs is None else user_cutoffs.reindex(user_ids))
+
+
+def leave_out_history(engagements: pd.DataFrame, split: str) -> pd.DataFrame:
+    """What the baselines learn from under leave_last_out: every engagement strictly before the user's own target
+    of `split` (the last new ad for test, the one before it for valid), found exactly as the prompts find it; users
+    too short to be scored keep all of theirs. Their exclusion lists then come from this same history."""
+    ts = engagements["ts"].dt.tz_convert(None).to_numpy().astype("datetime64[ms]").astype(np.int64)
+    user, ad = engagements["user_id"].to_numpy(np.int64), engagements["ad_id"].to_numpy(np.int64)
+    users, valid, test = leave_out_targets(user, ts, ad)
+    end = pd.Series(ts[test if split == "test" else valid], index=users)
+    keep = ts < end.reindex(user).fillna(np.iinfo(np.int64).max).to_numpy()
+    return engagements[keep].reset_index(drop=True)
 
 
 def score_lists(params: Params, data: EvalSet, recommended: np.ndarray,

@@ -47,7 +47,8 @@ def sample_rejected(chosen: np.ndarray, cutoff: np.ndarray, ads: pd.DataFrame, i
     """A rejected ad row per pair (-1 where none was found) and whether it came from the chosen ad's intent."""
     ecpm = ads["ecpm"].to_numpy()
     created = ads["created_at"].dt.tz_convert(None).to_numpy().astype("datetime64[ms]").astype(np.int64)
-    expires = ads["expires_at"].dt.tz_convert(None).to_numpy().astype("datetime64[ms]").astype(np.int64)
+    expires = ads["expires_at"].dt.tz_convert(None).to_numpy().astype("datetime64[ms]")
+    expires = np.where(np.isnat(expires), np.iinfo(np.int64).max, expires.astype(np.int64))  # null: never expires
     ad_intent = ads["industry"].cat.codes.to_numpy()
     by_intent = np.argsort(ad_intent, kind="stable")
     sizes = np.bincount(ad_intent, minlength=ad_intent.max() + 1)

@@ -175,10 +175,12 @@ def run_build_prompts(params: Params) -> dict:
     sources = load_sources(params)
     tables, ad_sid, event_log_, catalogue = sources.tables, sources.ad_sid, sources.event_log, sources.catalogue
     ads = tables["ads"]
-    snapshot_ms = int(pd.Timestamp(params.data.snapshot_time).value // 1_000_000)
+    protocol = params.evaluate.protocol
+    # leave-last-out cuts each user at their own engagements: it needs no snapshot
+    snapshot_ms = int(pd.Timestamp(params.data.snapshot_time).value // 1_000_000) if protocol == "temporal" else 0
     ad_intent = ads["industry"].cat.codes.to_numpy()
     intents = ads["industry"].cat.categories.astype(str).to_numpy()
-    pairs = select_pairs(event_log_, ad_intent, snapshot_ms, settings, rng)
+    pairs = select_pairs(event_log_, ad_intent, snapshot_ms, settings, rng, protocol)
     user_ids = tables["users"]["user_id"].to_numpy()
     ad_ids = ads["ad_id"].to_numpy()
 

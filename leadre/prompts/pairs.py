@@ -9,6 +9,14 @@ Time split (no future event ever reaches a prompt):
   never at or after the valid cut-off. So the model knows the week before the test as well as the ID-based
   baselines do (they learn from every engagement before the cut-off), and validation still scores targets no
   training pair has seen.
+Leave-last-out split (`evaluate.protocol: leave_last_out`, RecBole's `LS: valid_and_test`, `order: TO`): a
+user's sequence is their first engagement with each ad, in time order (a repeat of an ad already engaged with, such
+as the conversion after its click, is not a new item: history exclusion would make it unreachable). Users with
+fewer than 3 such ads have no valid or test pair. Otherwise:
+- test: the last ad is the target; the cut-off is its engagement time, so the prompt shows everything strictly before;
+- valid: the second-last ad, at its time, for every such user;
+- train: cut-offs at the user's earlier clicks as above; targets end before the valid target's time (users without a
+  valid target train on all their engagements: they are never scored).
 A prompt shows only events strictly before its cut-off. Intent-aware: the targets after one cut-off are grouped
 by the ad's industry (the intent), and each intent gets its own pair, whose response is the first ad the user
 engaged with in that intent; `all_targets` keeps every ad of the intent in the window for evaluation.
@@ -26,6 +34,8 @@ from leadre.units import MS_PER_DAY
 
 SPLITS = ("train", "valid", "test")
 ENGAGEMENTS = ("click_ad", "convert_ad")
+PROTOCOLS = ("temporal", "leave_last_out")
+LEAVE_OUT_MIN_ITEMS = 3  # a train item, the valid target and the test target, as RecBole's LS split needs
 
 
 @dataclass
@@ -85,34 +95,96 @@ def _expand(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return owner, starts[owner] + np.arange(lengths.sum()) - offsets[owner]
 
 
-def select_pairs(log: EventLog, ad_industry: np.ndarray, snapshot_ms: int, params: PromptParams,
-                 rng: np.random.Generator) -> Pairs:
-    """Cut-offs and intent-grouped targets for every split."""
+@dataclass
+class _Engagements:
+    """The ad engagements of the log, in (user, time) order."""
+
+    index: np.ndarray  # position in the event log
+    user: np.ndarray
+    ts: np.ndarray
+    ad: np.ndarray  # ads come first in the object table, so this is also the ads row
+
+
+def _engagements(log: EventLog) -> _Engagements:
     engaged = np.flatnonzero(np.isin(log.actions[log.action], ENGAGEMENTS))
-    e_user, e_ts, e_ad = log.user[engaged], log.ts[engaged], log.obj[engaged]  # ads come first in the object table
+    return _Engagements(engaged, log.user[engaged], log.ts[engaged], log.obj[engaged])
+
+
+def leave_out_targets(user: np.ndarray, ts: np.ndarray, ad: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Leave-last-out targets from engagements in (user, time) order: (users, valid index, test index), the indexes
+    into the given arrays, for users with at least LEAVE_OUT_MIN_ITEMS distinct ads. Shared with evaluation, so the
+    baselines' history ends exactly where the prompts' does."""
+    order = np.lexsort((ts, user))  # already so for the event log; evaluation's frames are sorted the same way
+    first = pd.DataFrame({"user": user[order], "ad": ad[order]}).duplicated(["user", "ad"]).to_numpy()
+    new_item = order[~first]  # first engagement with each ad, still in (user, time) order
+    users, starts, counts = np.unique(user[new_item], return_index=True, return_counts=True)
+    enough = counts >= LEAVE_OUT_MIN_ITEMS
+    last = starts[enough] + counts[enough] - 1
+    return users[enough], new_item[last - 1], new_item[last]
+
+
+def select_pairs(log: EventLog, ad_industry: np.ndarray, snapshot_ms: int, params: PromptParams,
+                 rng: np.random.Generator, protocol: str = "temporal") -> Pairs:
+    """Cut-offs and intent-grouped targets for every split, under the temporal or the leave-last-out protocol."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    e = _engagements(log)
+    if protocol == "leave_last_out":
+        return _leave_last_out_pairs(log, e, ad_industry, params, rng)
     test_cut = snapshot_ms - params.holdout_days * MS_PER_DAY
     valid_cut = test_cut - params.holdout_days * MS_PER_DAY
-    history = engaged - log.user_start[e_user]  # events before each engagement
 
     # Held-out validation users: drawn from every user with an engagement, so the draw does not depend on the
     # window it is used for; share 1 holds out everybody (train then ends at the valid cut-off for all).
-    active = np.unique(e_user)
+    active = np.unique(e.user)
     held_out = np.zeros(len(log.user_start), dtype=bool)
     held_out[active[rng.random(len(active)) < params.valid_user_share]] = True
 
-    cut_users, cut_ts, cut_end, cut_split = [], [], [], []
+    cuts = []
     for split, start, end in ((1, valid_cut, test_cut), (2, test_cut, snapshot_ms)):
-        users = np.unique(e_user[(e_ts >= start) & (e_ts < end)])
+        users = np.unique(e.user[(e.ts >= start) & (e.ts < end)])
         enough = log.position(users, np.full(len(users), start)) - log.user_start[users] >= params.min_history_events
         users = users[enough & held_out[users]] if split == 1 else users[enough]
-        cut_users.append(users)
-        cut_ts.append(np.full(len(users), start))
-        cut_end.append(np.full(len(users), end))
-        cut_split.append(np.full(len(users), split))
-    # Train cut-offs: at earlier clicks with enough history, a few per user, chosen at random. Not at
-    # conversions: the answer there would be the ad clicked moments before, teaching the model to echo.
-    is_click = log.actions[log.action[engaged]] == "click_ad"
-    train_end = np.where(held_out[e_user], valid_cut, test_cut)  # per engagement: its user's end of training
+        cuts.append((users, np.full(len(users), start), np.full(len(users), end), np.full(len(users), split)))
+    train_end = np.where(held_out[e.user], valid_cut, test_cut)  # per engagement: its user's end of training
+    cuts.append(_train_cutoffs(log, e, train_end, params, rng))
+    return _window_pairs(log, e, ad_industry, *(np.concatenate(x) for x in zip(*cuts)))
+
+
+def _leave_last_out_pairs(log: EventLog, e: _Engagements, ad_industry: np.ndarray, params: PromptParams,
+                          rng: np.random.Generator) -> Pairs:
+    users, valid, test = leave_out_targets(e.user, e.ts, e.ad)
+    # Training ends at the user's valid target; a user without one is never scored and trains on everything.
+    user_end = np.full(len(log.user_start), np.iinfo(np.int64).max)
+    user_end[users] = e.ts[valid]
+    train = _window_pairs(log, e, ad_industry, *_train_cutoffs(log, e, user_end[e.user], params, rng))
+    # One pair per user and split: the held-out ad alone is relevant, at the instant it was engaged with.
+    held = np.concatenate([valid, test])
+    split = np.repeat([1, 2], len(users))
+    ads = e.ad[held]
+    held_out = Pairs(user=e.user[held], cutoff=e.ts[held], split=split, target_ad=ads, target_ts=e.ts[held],
+                     intent=ad_industry[ads], targets=ads, target_offsets=np.arange(len(held) + 1))
+    return _concat([held_out, train])
+
+
+def _concat(parts: list[Pairs]) -> Pairs:
+    offsets = [parts[0].target_offsets]
+    for part in parts[1:]:
+        offsets.append(part.target_offsets[1:] + offsets[-1][-1])
+    return Pairs(*(np.concatenate([getattr(p, f) for p in parts]) for f in
+                   ("user", "cutoff", "split", "target_ad", "target_ts", "intent", "targets")),
+                 target_offsets=np.concatenate(offsets))
+
+
+def _train_cutoffs(log: EventLog, e: _Engagements, train_end: np.ndarray, params: PromptParams,
+                   rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """(user, cut-off, end, split) of the train pairs; `train_end` is each engagement's user's end of training.
+
+    At earlier clicks with enough history, a few per user, chosen at random. Not at conversions: the answer there
+    would be the ad clicked moments before, teaching the model to echo."""
+    history = e.index - log.user_start[e.user]  # events before each engagement
+    is_click = log.actions[log.action[e.index]] == "click_ad"
+    e_user, e_ts = e.user, e.ts
     candidates = np.flatnonzero(is_click & (e_ts < train_end) & (history >= params.min_history_events))
     # A user's first `max_train_cutoffs_per_user` clicks in this order are drawn: exponential keys make it a weighted
     # sample without replacement (Efraimidis-Spirakis), weight 2^(-age / half-life); uniform without a half-life.
@@ -126,14 +198,16 @@ def select_pairs(log: EventLog, ad_industry: np.ndarray, snapshot_ms: int, param
     group_start = np.maximum.accumulate(np.where(first_of_user, np.arange(len(candidates)), 0))
     candidates = candidates[np.arange(len(candidates)) - group_start < params.max_train_cutoffs_per_user]
     candidates = np.unique(candidates)  # back in (user, time) order
-    cut_users.append(e_user[candidates])
-    cut_ts.append(e_ts[candidates])
-    cut_end.append(np.minimum(e_ts[candidates] + params.horizon_days * MS_PER_DAY, train_end[candidates]))
-    cut_split.append(np.zeros(len(candidates), dtype=int))
-    c_user, c_ts, c_end, c_split = (np.concatenate(x) for x in (cut_users, cut_ts, cut_end, cut_split))
+    return (e_user[candidates], e_ts[candidates],
+            np.minimum(e_ts[candidates] + params.horizon_days * MS_PER_DAY, train_end[candidates]),
+            np.zeros(len(candidates), dtype=int))
 
-    # Targets of each cut-off: the engagements in [cut-off, end), grouped by intent.
-    e_key = log.key[engaged]
+
+def _window_pairs(log: EventLog, e: _Engagements, ad_industry: np.ndarray, c_user: np.ndarray, c_ts: np.ndarray,
+                  c_end: np.ndarray, c_split: np.ndarray) -> Pairs:
+    """Targets of each cut-off: the engagements in [cut-off, end), grouped by intent."""
+    e_ts, e_ad = e.ts, e.ad
+    e_key = log.key[e.index]
     lo = np.searchsorted(e_key, c_user.astype(np.int64) * (1 << 42) + (c_ts - log.base), side="left")
     hi = np.searchsorted(e_key, c_user.astype(np.int64) * (1 << 42) + (c_end - log.base), side="left")
     cut, target = _expand(lo, hi)

@@ -13,9 +13,11 @@ teach nothing); it looks like this:
 the text-alignment task), contents as titles, searches as the query text. The notation is compact on purpose: the
 token budget (`max_prompt_tokens`) is what a CPU-trained model can afford, and every label, quote or long action
 name it spends on is an event of the short-term facet it does not see (the first, verbose notation left the recent
-behaviour empty in half the training prompts). Profile values come in PROFILE_FIELDS order, without labels. Events
-are separated by "; " because content titles contain commas. When the prompt would exceed `max_prompt_tokens`,
-the oldest recent events are dropped first.
+behaviour empty in half the training prompts). Profile values come in PROFILE_FIELDS order, without labels, then
+the user's other attributes (`name=value`, from an import) when there are any. Events are separated by "; " because
+content titles contain commas. When the prompt would exceed `max_prompt_tokens`, the oldest recent events are
+dropped first. A facet with nothing to say for a user (no profile field known, no event in the window) is left out,
+label and all, rather than rendered empty: single-domain public logs often have no profile at all.
 """
 
 from __future__ import annotations
@@ -83,6 +85,17 @@ class Catalogue:
         # A profile's tokens: its separators once, plus each field's value (few distinct values).
         separators = PROFILE_SEPARATOR * (len(PROFILE_FIELDS) - 1)
         profile_tokens = int(counter.count([separators])[0]) + sum(counter.count(c.tolist()) for c in profile_columns)
+        attributes = users["attributes"] if "attributes" in users else pd.Series(None, index=users.index, dtype=object)
+        has_attributes = attributes.notna().to_numpy()
+        if has_attributes.any():
+            extra = pa.array(attributes.where(attributes.notna(), "").astype(str).to_numpy(), pa.string())
+            profiles = pc.if_else(pa.array(has_attributes),
+                                  pc.binary_join_element_wise(profiles, extra, PROFILE_SEPARATOR), profiles)
+            profile_tokens = profile_tokens + np.where(has_attributes, counter.count(
+                attributes.where(attributes.notna(), "").astype(str).tolist()) + 1, 0)
+        known = users[list(PROFILE_FIELDS)].notna().any(axis=1).to_numpy() | has_attributes
+        profiles = pc.if_else(pa.array(known), profiles, pa.scalar(""))
+        profile_tokens = np.where(known, profile_tokens, 0)
         fixed = "\n".join([*(label.format(days=long_term_days) for label in SECTION_LABELS.values()), INSTRUCTION])
         action_words = np.array([ACTION_WORDS.get(a, a) for a in actions.astype(str)], dtype=object)
         return cls(
@@ -110,6 +123,12 @@ def _join_groups(values: pa.Array, owner: np.ndarray, n_groups: int, separator: 
     """Join `values` (sorted by owner) into one string per group; empty groups give ''."""
     offsets = np.r_[0, np.cumsum(np.bincount(owner, minlength=n_groups))].astype(np.int32)
     return pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), values), separator)
+
+
+def _section(label: str, content: pa.Array) -> pa.Array:
+    """`label content\n` per row, or nothing where the content is empty."""
+    text = pc.binary_join_element_wise(pa.scalar(label), content, pa.scalar("\n"), "")
+    return pc.if_else(pc.equal(pc.utf8_length(content), 0), pa.scalar(""), text)
 
 
 def render(log: EventLog, catalogue: Catalogue, users: np.ndarray, cutoffs: np.ndarray, params: PromptParams,
@@ -165,15 +184,15 @@ def render(log: EventLog, catalogue: Catalogue, users: np.ndarray, cutoffs: np.n
                                          objects.take(pa.array(log.obj[st_event])), FIELD_SEPARATOR)
     short_term = _join_groups(events, st_owner, n, EVENT_SEPARATOR)
 
-    # Sections an ablation switches off are left out, headers included, so the model sees no trace of them.
+    # Sections an ablation switches off are left out, headers included, so the model sees no trace of them; so are
+    # the sections a user has no data for.
     sections = []
     if features.profile:
-        sections += [pa.scalar(SECTION_LABELS["profile"]), catalogue.profiles.take(pa.array(users)), pa.scalar("\n")]
+        sections.append(_section(SECTION_LABELS["profile"], catalogue.profiles.take(pa.array(users))))
     if features.long_term:
-        sections += [pa.scalar(SECTION_LABELS["long_term"].format(days=params.long_term_days)), long_term,
-                     pa.scalar("\n")]
+        sections.append(_section(SECTION_LABELS["long_term"].format(days=params.long_term_days), long_term))
     if features.short_term:
-        sections += [pa.scalar(SECTION_LABELS["short_term"]), short_term, pa.scalar("\n")]
+        sections.append(_section(SECTION_LABELS["short_term"], short_term))
     message = pc.binary_join_element_wise(*sections, pa.scalar(INSTRUCTION), "")
     profile_tokens = catalogue.profile_tokens[users] if features.profile else 0
     tokens = (catalogue.fixed_tokens + profile_tokens + long_term_tokens

@@ -29,7 +29,7 @@ def serving_ads(params: Params, ads: pd.DataFrame, events: pd.DataFrame, now: pd
     since = now - pd.Timedelta(days=params.serve.popularity_days)
     recent = events[(events["domain"] == "ad") & (events["ts"] >= since)]
     popularity = recent.groupby("object_id").size()
-    live = ads[(ads["status"] == "active") & (ads["expires_at"] > now)]
+    live = ads[(ads["status"] == "active") & (ads["expires_at"].isna() | (ads["expires_at"] > now))]  # no expiry: live
     return pd.DataFrame({"ad_id": live["ad_id"].to_numpy(np.int64), "industry": live["industry"].astype(str).to_numpy(),
                          "ecpm": live["ecpm"].to_numpy(np.float64),
                          "popularity": popularity.reindex(live["ad_id"], fill_value=0).to_numpy(np.float64),

@@ -168,7 +168,7 @@ CORRUPTIONS = [
     Corruption("unordered timestamps", _edit("events", _swap_two_events_of_a_user), "events.parquet",
                "timestamps ordered per user"),
     Corruption("empty file", _empty_file("events"), "events.parquet", "file is not empty"),
-    Corruption("header-only table", _as_csv("queries", _header_only), "queries.csv", "table has at least one row"),
+    Corruption("header-only table", _as_csv("ads", _header_only), "ads.csv", "table has at least one row"),
     Corruption("non-UTF-8 text", _as_csv("contents", _latin1_in_line), "contents.csv", "text is UTF-8"),
     Corruption("unparseable timestamp", _as_csv("events", _unparseable_time), "events.csv",
                "values are of type timestamp"),
@@ -209,12 +209,12 @@ CORRUPTIONS = [
     Corruption("duplicated CSV header", _as_csv("ads", _duplicate_header), "ads.csv", "column names are unique"),
     Corruption("record with a line break, then a bad id", _csv_of("contents", _title_with_line_break_then_bad_id),
                "contents.csv", "values are of type int"),
-    # times before 2000 are what broken exports write (0 → 1970-01-01), not ad logs
+    # times before 1990 are what broken exports write (0 → 1970-01-01), not ad logs
     Corruption("event in 1970", _edit("events", lambda f: _set(f, 0, "ts", pd.Timestamp("1970-01-01", tz="UTC"))),
-               "events.parquet", "on or after 2000-01-01"),
+               "events.parquet", "on or after 1990-01-01"),
     Corruption("ad launched in 1970", _edit("ads", lambda f: _set(f, 0, "created_at",
                                                                   pd.Timestamp("1970-01-01", tz="UTC"))),
-               "ads.parquet", "on or after 2000-01-01"),
+               "ads.parquet", "on or after 1990-01-01"),
     # text reaches the training prompts: no control or direction-changing characters, bounded length
     Corruption("NUL in a title", _edit("ads", lambda f: _set(f, 2, "title", "Cheap\x00 flights")), "ads.parquet",
                "no control or bidi characters"),

@@ -9,7 +9,7 @@ import yaml
 from leadre.config import Params
 from leadre.data.contracts import TABLES
 from leadre.data.importer import run_import
-from leadre.data.tables import DataError, read_tables
+from leadre.data.tables import DataError, read_manifest, read_tables
 from leadre.data.validate import run_validate
 
 RENAMED = {"events": {"object_id": "item_id", "ts": "event_time"}, "ads": {"ecpm": "expected_cpm"}}
@@ -56,9 +56,31 @@ def test_mapping_for_an_unknown_table_is_rejected(workspace: Params, tmp_path):
 
 def test_missing_table_file_is_named(workspace: Params, tmp_path):
     _export_as_logs(workspace, tmp_path / "logs")
-    (tmp_path / "logs" / "queries.csv").unlink()
-    with pytest.raises(DataError, match=r"queries.parquet: rule 'table file exists'.*queries.parquet or queries.csv"):
+    (tmp_path / "logs" / "ads.csv").unlink()
+    with pytest.raises(DataError, match=r"ads.parquet: rule 'table file exists'.*ads.parquet or ads.csv"):
         run_import(workspace, tmp_path / "logs")
+
+
+def test_a_single_domain_log_leaves_out_contents_queries_and_optional_ad_columns(workspace: Params, tmp_path):
+    """Items and interactions only: no contents or queries files, ads with title, industry and eCPM alone."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    tables = read_tables(workspace.path(workspace.data.generated_dir))
+    events = tables["events"]
+    events[events["domain"] == "ad"].to_csv(logs / "events.csv", index=False)
+    tables["users"].to_csv(logs / "users.csv", index=False)
+    tables["ads"][["ad_id", "title", "industry", "ecpm"]].to_csv(logs / "ads.csv", index=False)
+    run_import(workspace, logs)
+    imported = workspace.path(workspace.data.imported_dir)
+    manifest = read_manifest(imported)
+    assert manifest["absent_tables"] == ["contents", "queries"]
+    assert set(manifest["defaulted"]["ads"]) == {"description", "advertiser", "landing_type", "bid", "created_at",
+                                                 "expires_at", "status"}
+    ads = read_tables(imported, ("ads",))["ads"]
+    assert (ads["status"] == "active").all() and ads["expires_at"].isna().all()  # no expiry: live
+    # the snapshot is the data's own: the last event + 1 s, recorded once and read by validation
+    assert pd.Timestamp(manifest["snapshot_time"]) == events["ts"].max() + pd.Timedelta(seconds=1)
+    assert run_validate(workspace, source_dir=imported)["status"] == "passed"
 
 
 @pytest.mark.parametrize(("content", "problem"), [
