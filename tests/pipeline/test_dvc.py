@@ -25,10 +25,9 @@ def _run(cwd: Path, *args: str) -> str:
     return result.stdout + result.stderr
 
 
-@pytest.fixture(scope="module")
-def clone(tmp_path_factory) -> Path:
-    """The repository's tracked and new files (what a commit would hold), in a fresh git repo, at the tiny scale."""
-    root = tmp_path_factory.mktemp("clone")
+def copy_repository(root: Path, overrides: dict) -> dict:
+    """The repository's tracked and new files (what a commit would hold) in a fresh git repo, at the tiny scale with
+    `overrides` (dotted keys); no dvc.lock, so every stage runs. Returns the params written."""
     listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
                             text=True, check=True).stdout.split()
     for name in listed:
@@ -36,17 +35,25 @@ def clone(tmp_path_factory) -> Path:
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, root / name)
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["world"]["scale"] = "tiny"
-    for dotted, value in FAST_TRAINING.items():  # the real stages, with a model and data small enough for seconds
+    for dotted, value in {"world.scale": "tiny", **overrides}.items():
         node = params
         *parents, leaf = dotted.split(".")
         for key in parents:
             node = node[key]
         node[leaf] = value
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for f in ("dvc.lock", *(params[s]["metrics_file"] for s in ("validation", "sft", "dpo", "evaluate"))):
-        (root / f).unlink(missing_ok=True)  # a clean run, whatever the last committed one produced
+    (root / "dvc.lock").unlink(missing_ok=True)
     _run(root, "git", "init", "-q")
+    return params
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory) -> Path:
+    """A fresh clone at the tiny scale, with a model and data small enough for the real stages to take seconds."""
+    root = tmp_path_factory.mktemp("clone")
+    params = copy_repository(root, FAST_TRAINING)
+    for f in (params[s]["metrics_file"] for s in ("validation", "sft", "dpo", "evaluate")):
+        (root / f).unlink(missing_ok=True)  # a clean run, whatever the last committed one produced
     _run(root, "git", "add", "-A")
     _run(root, "git", "-c", "user.email=ci@leadre", "-c", "user.name=ci", "commit", "-qm", "clone")
     return root

@@ -7,33 +7,18 @@ varies with how texts were batched inside an output makes every clone (and every
 from __future__ import annotations
 
 import hashlib
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from tests.conftest import REPO
-from tests.pipeline.test_dvc import _run
+from tests.pipeline.test_dvc import _run, copy_repository
 
 DATA_STAGES = ("generate", "validate", "sids", "prompts")
 
 
 def _copy_repository(root: Path) -> Path:
-    """The tracked and new files (what a commit would hold) in a fresh git repo, at the tiny scale, no data docs."""
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
-                            text=True, check=True).stdout.split()
-    for name in listed:
-        if (REPO / name).is_file():
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, root / name)
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["world"]["scale"] = "tiny"
-    params["validation"]["data_docs"] = False
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (root / "dvc.lock").unlink(missing_ok=True)
-    _run(root, "git", "init", "-q")
+    copy_repository(root, {"validation.data_docs": False})
     return root
 
 
