@@ -48,7 +48,7 @@ SETTINGS = {
     "evaluate.candidate_dir": "artifacts/models/sft", "evaluate.compare_dirs": {}, "evaluate.max_users": 20,
     "evaluate.value_weights": [0.0], "evaluate.diversity_penalties": [0.0],
     "evaluate.bootstrap": {"resamples": 100, "confidence": 0.95, "seed": 0},
-    "evaluate.baselines.sasrec.epochs": 1, "generate.beam_width": 10,
+    "evaluate.baselines.sasrec.epochs": 1, "decode.beam_width": 10,
     # a gate any candidate passes, so there is a champion to promote, roll back and corrupt: the gate decides on the
     # low end of a lift interval, which reaches -1 (-100%) when the tiny model scores nothing on a resample of 20 users
     "gate.min_relative_lift": -2.0, "gate.guardrails": {},

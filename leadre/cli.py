@@ -1,5 +1,5 @@
 """`leadre`: one command per pipeline step of the step table (leadre/steps.py), which DVC stages and Airflow tasks
-run too, plus the tools that are no step (data generate/import, sids assign, generate, rollback, serve).
+run too, plus the tools that are no step (data generate/import, sids assign, recommend, rollback, serve).
 
 Heavy libraries (Great Expectations, torch, MLflow) are imported inside the commands that need them, after the
 params load, so `leadre --help`, DAG parsing and a params mistake stay fast.
@@ -220,7 +220,7 @@ def sids_assign() -> None:
     typer.echo(f"assigned S-IDs to {report['assigned']} new ads")
 
 
-def generate(
+def recommend(
     model: Annotated[Path | None, typer.Option(help="model bundle folder (default: evaluate.candidate_dir)")] = None,
     split: Annotated[str, typer.Option(help="prompts split whose users to recommend for")] = "test",
     users: Annotated[int, typer.Option(help="how many users (the first N by id)")] = 10,
@@ -229,9 +229,9 @@ def generate(
 ) -> None:
     """Trie-constrained beam search: each user's top-K live ads from a trained model, with scores."""
     params = current_params()
-    from leadre.generate.cli import run_generate
+    from leadre.decode.cli import run_recommend
 
-    rows = run_generate(params, model, split, users, k, out)
+    rows = run_recommend(params, model, split, users, k, out)
     for row in rows[: min(len(rows), 5)]:
         typer.echo(f"user {row['user_id']}: " + ", ".join(f"{a} ({s:.2f})" for a, s in zip(row["ad_ids"], row["scores"])))
 
@@ -258,7 +258,7 @@ def serve(
 
 TOOLS: tuple[tuple[tuple[str, ...], Any], ...] = (
     (("data", "generate"), data_generate), (("data", "import"), data_import), (("sids", "assign"), sids_assign),
-    (("generate",), generate), (("rollback",), rollback), (("serve",), serve),
+    (("recommend",), recommend), (("rollback",), rollback), (("serve",), serve),
 )
 
 

@@ -292,7 +292,7 @@ class TrackingParams(_Section):
     system_metrics_seconds: float = Field(gt=0)
 
 
-class GenerateParams(_Section):
+class DecodeParams(_Section):
     beam_width: int = Field(ge=1)
     batch_size: int = Field(ge=1)
     value_weight: float = Field(ge=0)
@@ -425,7 +425,7 @@ class Params(_Section):
     sft: SftParams
     dpo: DpoParams
     tracking: TrackingParams
-    generate: GenerateParams
+    decode: DecodeParams
     fusion: FusionParams
     evaluate: EvaluateParams
     gate: GateParams

@@ -72,7 +72,7 @@ FAST_TRAINING = {
     # every DPO setting tried on this world (0.70 -> 0.64..0.70), at 160 tokens it rises. A known limit of the
     # default, recorded in docs/training.md; the test keeps checking that DPO works where the prompt has the history.
     "prompts.max_prompt_tokens": 160,
-    "evaluate.max_users": 60, "generate.beam_width": 20, "evaluate.baselines.sasrec.epochs": 5,
+    "evaluate.max_users": 60, "decode.beam_width": 20, "evaluate.baselines.sasrec.epochs": 5,
 }
 
 

@@ -155,12 +155,12 @@ def _baselines(params: Params):
 
 
 def run_evaluate(params: Params) -> dict[str, Any]:
-    from leadre.generate.fusion import fuse
-    from leadre.generate.recommender import LlmRecommender, top_k
+    from leadre.decode.fusion import fuse
+    from leadre.decode.recommender import LlmRecommender, top_k
     from leadre.registry.models import champion_bundle
     from leadre.tracking import step_run
 
-    ev, gen = params.evaluate, params.generate
+    ev, gen = params.evaluate, params.decode
     set_cpu_threads(params.model.cpu_threads)
     data = load_eval_set(params)
     k_max = max(ev.ks)

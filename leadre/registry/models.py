@@ -123,7 +123,7 @@ def register_candidate(params: Params, bundle: Path, tags: dict[str, Any]) -> st
 
     info = mlflow.pyfunc.log_model(
         name="model", python_model=LeadreModel(), artifacts={BUNDLE_ARTIFACT: str(bundle)},
-        code_paths=[str(Path(leadre.__file__).parent)], model_config=params.generate.model_dump(),
+        code_paths=[str(Path(leadre.__file__).parent)], model_config=params.decode.model_dump(),
         signature=signature(),
         registered_model_name=params.registry.model_name, pip_requirements=_requirements())
     version = str(info.registered_model_version)

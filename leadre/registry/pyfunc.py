@@ -28,10 +28,10 @@ def signature():
 
 class LeadreModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
-        from leadre.config import GenerateParams
-        from leadre.generate.recommender import LlmRecommender
+        from leadre.config import DecodeParams
+        from leadre.decode.recommender import LlmRecommender
 
-        self.settings = GenerateParams(**context.model_config)
+        self.settings = DecodeParams(**context.model_config)
         self.recommender = LlmRecommender(context.artifacts[BUNDLE_ARTIFACT], self.settings)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:

@@ -46,7 +46,7 @@ def _fusion_channel(params: Params, events: pd.DataFrame, now: pd.Timestamp):
 
 def run_nearline(params: Params) -> dict[str, Any]:
     from leadre.data.tables import read_tables
-    from leadre.generate.recommender import LlmRecommender, top_k
+    from leadre.decode.recommender import LlmRecommender, top_k
     from leadre.prompts.build import load_sources, serving_prompts
     from leadre.registry.models import champion_bundle
     from leadre.serve.bundle import ServingBundle, write_bundle
@@ -80,7 +80,7 @@ def run_nearline(params: Params) -> dict[str, Any]:
 
     sources = load_sources(params, tables)  # the same tables: the event log replaces the events frame
     try:
-        recommender = LlmRecommender(champion.folder, params.generate, live_ad_ids=live["ad_id"].to_numpy())
+        recommender = LlmRecommender(champion.folder, params.decode, live_ad_ids=live["ad_id"].to_numpy())
     except ModelError as err:
         # nothing is published: the store keeps its snapshot, the ads file its live ads
         raise ModelError(f"champion version {champion.version} of {params.registry.model_name}: {err}") from None
@@ -93,11 +93,11 @@ def run_nearline(params: Params) -> dict[str, Any]:
         batch = users[start:start + cfg.users_per_batch]
         batch_exclude = exclude[start:start + len(batch)] if exclude else None
         generated = recommender.generate(serving_prompts(params, sources, batch, now),
-                                         beam_width=max(params.generate.beam_width, cfg.top_n), exclude=batch_exclude)
-        ids, scores = top_k(generated, cfg.top_n, batch_exclude, ecpm, industry, params.generate.value_weight,
-                            params.generate.diversity_penalty)
+                                         beam_width=max(params.decode.beam_width, cfg.top_n), exclude=batch_exclude)
+        ids, scores = top_k(generated, cfg.top_n, batch_exclude, ecpm, industry, params.decode.value_weight,
+                            params.decode.diversity_penalty)
         if channel is not None:  # merged retrieval: the LLM's lists fused with the ID channel's
-            from leadre.generate.fusion import fuse
+            from leadre.decode.fusion import fuse
 
             other = channel.recommend(batch, params.fusion.depth, live["ad_id"].to_numpy(np.int64), batch_exclude)
             ids, scores = fuse(ids, other, cfg.top_n, params.fusion)

@@ -123,7 +123,7 @@ def _assert_one_line_error(result, *needles: str) -> None:
 
 def test_the_walk_finds_every_subcommand():
     assert {("data", "generate"), ("data", "import"), ("data", "validate"), ("sids", "build"), ("sids", "assign"),
-            ("prompts", "build"), ("sft",), ("dpo",), ("generate",), ("evaluate",), ("gate",), ("promote",),
+            ("prompts", "build"), ("sft",), ("dpo",), ("recommend",), ("evaluate",), ("gate",), ("promote",),
             ("rollback",), ("nearline",), ("serve",)} <= set(SUBCOMMANDS)
     assert set(SUCCEED_WITHOUT_INPUTS) <= set(SUBCOMMANDS)
 

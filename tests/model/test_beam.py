@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
-from leadre.generate.beam import (
+from leadre.decode.beam import (
     NOT_A_SID,
     TokenTrie,
     constrained_beam_search,

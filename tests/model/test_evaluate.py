@@ -1,4 +1,4 @@
-"""Offline evaluation of the trained tiny model beside the ID baselines, and `leadre generate`, on real outputs."""
+"""Offline evaluation of the trained tiny model beside the ID baselines, and `leadre recommend`, on real outputs."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from leadre.evaluate.run import CANDIDATE, FUSION, load_eval_set, run_evaluate
-from leadre.generate.recommender import LlmRecommender, top_k
+from leadre.decode.recommender import LlmRecommender, top_k
 from leadre.sids.build import load_sid_table
 
 
@@ -82,8 +82,8 @@ def test_recommendations_are_k_live_distinct_ads_never_already_engaged(trained):
     """Exclusion happens inside the search: every list is full (K fresh live ads) whenever that many exist."""
     params, _, _ = trained
     data = load_eval_set(params)
-    recommender = LlmRecommender(params.path(params.evaluate.candidate_dir), params.generate)
-    k = params.generate.beam_width
+    recommender = LlmRecommender(params.path(params.evaluate.candidate_dir), params.decode)
+    k = params.decode.beam_width
     generated = recommender.generate(data.prompts[:20], exclude=data.exclude[:20])
     ids, scores = top_k(generated, k, data.exclude[:20], data.ads["ecpm"], data.ads["industry"], 0.0, 0.0)
     live = set(load_sid_table(params.path(params.sids.out_dir)).query("live")["ad_id"])

@@ -5,7 +5,7 @@ import pytest
 
 from leadre.config import FusionParams
 from leadre.units import PAD
-from leadre.generate.fusion import fuse
+from leadre.decode.fusion import fuse
 
 SETTINGS = FusionParams(channel="itemknn", llm_weight=1.0, channel_weight=1.0, rank_constant=10, depth=50)
 

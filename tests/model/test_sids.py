@@ -80,7 +80,7 @@ def out_dir(params: Params) -> Path:
 
 
 def live_trie(table: pd.DataFrame) -> SidTrie:
-    """The trie generation builds from the table (leadre/generate/recommender.py): the live ads' S-IDs."""
+    """The trie generation builds from the table (leadre/decode/recommender.py): the live ads' S-IDs."""
     return SidTrie.from_sids(table.loc[table["live"], "sid"])
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from leadre.bundle import SID_TABLE, SIDS_FOLDER
-from leadre.config import GenerateParams
+from leadre.config import DecodeParams
 from leadre.units import PAD
 
 
@@ -36,11 +36,11 @@ def resolve_device(device: str) -> str:
 class LlmRecommender:
     name = "leadre"
 
-    def __init__(self, bundle: Path | str, settings: GenerateParams, live_ad_ids: np.ndarray | None = None):
+    def __init__(self, bundle: Path | str, settings: DecodeParams, live_ad_ids: np.ndarray | None = None):
         """`live_ad_ids` narrows the trie to ads live now (near-line); by default the bundle's own live flags."""
         import torch
 
-        from leadre.generate.beam import TokenTrie
+        from leadre.decode.beam import TokenTrie
         from leadre.sids.trie import SidTrie
         from leadre.train.model import load_trained
 
@@ -79,7 +79,7 @@ class LlmRecommender:
         Exclusion happens inside the search, so a list is as long as the beam whenever that many other live ads
         exist, rather than cut short by filtering the beams afterwards.
         """
-        from leadre.generate.beam import constrained_beam_search
+        from leadre.decode.beam import constrained_beam_search
 
         width = beam_width or self.settings.beam_width
         excluded = [self.sid_indices(e) for e in exclude] if exclude is not None else None
@@ -97,7 +97,7 @@ def top_k(generated: Generated, k: int, exclude: list[np.ndarray] | None, ecpm: 
     Final score = log-prob + λ·log(eCPM), then each further ad of an industry already chosen pays the diversity
     penalty: λ trades relevance for revenue, the penalty relevance for variety.
     """
-    from leadre.generate.beam import rerank
+    from leadre.decode.beam import rerank
 
     n = len(generated.ad_ids)
     ids = np.full((n, k), PAD, dtype=np.int64)

@@ -1,4 +1,4 @@
-"""`python -m bench.generate [--shape default|large] [--users 64] [--beams 10,20] [--threads 1]`: users/s of the
+"""`python -m bench.decode [--shape default|large] [--users 64] [--beams 10,20] [--threads 1]`: users/s of the
 trie-constrained S-ID beam search, today's implementation against the one before it and against unconstrained beam
 search of the same width: same model, same prompts, same process.
 
@@ -12,7 +12,7 @@ vocabulary, as when they are added to a tokenizer as special tokens):
 Methods, taking turns (ABBA… so a busy spell on a shared machine lands on all alike):
 - `before`: the search as it was before prompt-prefix sharing (`_reference_search_batch` below, kept verbatim for
   this comparison): every beam carries a full copy of its prompt's KV cache, reordered after each selection.
-- `constrained`: `leadre.generate.beam.constrained_beam_search`, as evaluation calls it.
+- `constrained`: `leadre.decode.beam.constrained_beam_search`, as evaluation calls it.
 - `unconstrained`: the same search without the trie (a plain top-k per beam), the floor the trie's cost is judged on.
 Each users/s is the best of --repeats; ratios are medians over rounds of paired times (steadier on shared CPUs),
 of wall time and, in brackets, of this thread's CPU time (steadier still when other processes share the cores).
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from bench import save_results
-from leadre.generate.beam import (
+from leadre.decode.beam import (
     DEAD,
     NOT_A_SID,
     Beams,
@@ -271,11 +271,11 @@ def table(result: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.generate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.decode", description=__doc__.splitlines()[0])
     parser.add_argument("--shape", choices=sorted(SHAPES), default="default")
     parser.add_argument("--users", type=int, default=64, help="prompts to generate for")
     parser.add_argument("--beams", default="10,20", help="beam widths, comma-separated")
-    parser.add_argument("--batch-size", type=int, default=32, help="prompts per forward pass (generate.batch_size)")
+    parser.add_argument("--batch-size", type=int, default=32, help="prompts per forward pass (decode.batch_size)")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds per figure")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -285,7 +285,7 @@ def main() -> None:
     result = run(args.shape, args.users, [int(b) for b in args.beams.split(",")], args.batch_size, args.repeats,
                  args.device)
     print(table(result))
-    print(f"\nsaved {save_results('generate', result)}")
+    print(f"\nsaved {save_results("decode", result)}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""`leadre generate`: a model's top-K live ads for a split's users, for a look at what a model recommends."""
+"""`leadre recommend`: a model's top-K live ads for a split's users, for a look at what a model recommends."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 
 from leadre.config import Params
-from leadre.generate.recommender import LlmRecommender, top_k
+from leadre.decode.recommender import LlmRecommender, top_k
 from leadre.io import atomic_file
 from leadre.runtime import set_cpu_threads
 
 
-def run_generate(params: Params, model: Path | None, split: str, users: int, k: int,
+def run_recommend(params: Params, model: Path | None, split: str, users: int, k: int,
                  out: Path | None) -> list[dict[str, Any]]:
     folder = params.path(params.prompts.out_dir) / "sft" / split
     set_cpu_threads(params.model.cpu_threads)
@@ -25,11 +25,11 @@ def run_generate(params: Params, model: Path | None, split: str, users: int, k: 
     rows = rows[rows["task"] == "main"].drop_duplicates("user_id").sort_values("user_id").head(users)
     if rows.empty:
         raise FileNotFoundError(f"{folder}: no main-task prompts (run `leadre prompts build` first)")
-    recommender = LlmRecommender(params.path(model or params.evaluate.candidate_dir), params.generate)
+    recommender = LlmRecommender(params.path(model or params.evaluate.candidate_dir), params.decode)
     generated = recommender.generate([list(p) for p in rows["prompt"]])
     ads = pd.read_parquet(params.path(params.data.validated_dir) / "ads.parquet").set_index("ad_id")
-    ids, scores = top_k(generated, k, None, ads["ecpm"], ads["industry"], params.generate.value_weight,
-                        params.generate.diversity_penalty)
+    ids, scores = top_k(generated, k, None, ads["ecpm"], ads["industry"], params.decode.value_weight,
+                        params.decode.diversity_penalty)
     result = [{"user_id": int(u), "ad_ids": [int(a) for a in i if a >= 0], "scores": [float(s) for s in sc if np.isfinite(s)]}
               for u, i, sc in zip(rows["user_id"], ids, scores)]
     if out is not None:
