@@ -285,7 +285,7 @@ def main() -> None:
     result = run(args.shape, args.users, [int(b) for b in args.beams.split(",")], args.batch_size, args.repeats,
                  args.device)
     print(table(result))
-    print(f"\nsaved {save_results("decode", result)}")
+    print(f"\nsaved {save_results('decode', result)}")
 
 
 if __name__ == "__main__":
