@@ -375,11 +375,13 @@ def run_generate(params: Params, scale: str | None = None, out_dir: Path | None 
     if world_params.scale not in world_params.scales:
         raise ValueError(f"unknown scale {world_params.scale!r}; params.yaml defines {sorted(world_params.scales)}")
     started = time.perf_counter()
-    world = generate_world(world_params, params.data.snapshot_time)
+    # the world's own "now", whatever source_dir points at (an import there has a snapshot of its own)
+    snapshot = params.data.snapshot_of(params.path(params.data.generated_dir))
+    world = generate_world(world_params, snapshot)
     out_dir = out_dir or params.path(params.data.generated_dir)
     manifest = {
         "source": "generated",
-        "snapshot_time": params.data.snapshot_time.isoformat(),
+        "snapshot_time": snapshot.isoformat(),
         "scale": world_params.scale,
         "seed": world_params.seed,
     }

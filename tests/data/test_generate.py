@@ -139,3 +139,22 @@ def test_profile_carries_intent_signal(world):
 
     shuffled = np.random.default_rng(0).permutation(age)
     assert young_old_distance(age) > 2 * young_old_distance(shuffled)
+
+
+def test_the_world_keeps_its_own_snapshot_while_an_import_is_the_source(tmp_path):
+    """A user who imported a public log (source_dir = imported_dir) and then regenerates the world gets the world's
+    snapshot, not the import's: the two are unrelated data sets."""
+    import json
+
+    from leadre.data.generate import run_generate
+    from tests.conftest import write_params
+
+    params = write_params(tmp_path, {"data.source_dir": "data/imported"})
+    imported = params.path(params.data.imported_dir)
+    imported.mkdir(parents=True)
+    (imported / "manifest.json").write_text(json.dumps({"snapshot_time": "1998-04-23T00:00:00+00:00"}))
+    run_generate(params)
+    manifest = json.loads((params.path(params.data.generated_dir) / "manifest.json").read_text())
+    assert manifest["snapshot_time"] == params.world.snapshot_time.isoformat()
+    events = pd.read_parquet(params.path(params.data.generated_dir) / "events.parquet")
+    assert events["ts"].max() < pd.Timestamp(params.world.snapshot_time)
