@@ -6,8 +6,10 @@ the key, so a typo never silently falls back to a default.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
+import typing
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -460,17 +462,51 @@ class Params(_Section):
         return url
 
 
+def did_you_mean(dotted: str, siblings: typing.Iterable[str]) -> str:
+    """" — did you mean 'sft.epochs'?" for a misspelt last part of `dotted` among `siblings`; "" when none is close."""
+    *parents, leaf = dotted.split(".")
+    close = difflib.get_close_matches(leaf, [str(s) for s in siblings], n=1)
+    return f" — did you mean '{'.'.join([*parents, close[0]])}'?" if close else ""
+
+
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node = tree
-    *parents, leaf = dotted.split(".")
-    for key in parents:
-        child = node.get(key)
-        if not isinstance(child, dict):
-            raise ConfigError(f"override {dotted}: {key!r} is not a section")
-        node = child
-    if leaf not in node:
-        raise ConfigError(f"override {dotted}: unknown key {leaf!r}")
-    node[leaf] = value
+    parts = dotted.split(".")
+    for depth, key in enumerate(parts):
+        prefix = ".".join(parts[: depth + 1])
+        if key not in node:
+            raise ConfigError(f"override: unknown key '{prefix}'{did_you_mean(prefix, node)}")
+        if depth == len(parts) - 1:
+            node[key] = value
+            return
+        if not isinstance(node[key], dict):
+            raise ConfigError(f"override {dotted}: '{prefix}' is a value, not a section")
+        node = node[key]
+
+
+def _keys_at(loc: tuple[Any, ...]) -> list[str]:
+    """The keys params.yaml may hold at `loc` (a path of section names), as spelt in the file; [] below a mapping."""
+    model: type[BaseModel] = Params
+    for part in loc:
+        field = next((f for name, f in model.model_fields.items() if (f.alias or name) == part), None)
+        if field is None:
+            return []
+        # a section is a model, possibly optional (`X | None`); a dict or list field has free keys
+        sections = [t for t in (field.annotation, *typing.get_args(field.annotation))
+                    if isinstance(t, type) and issubclass(t, BaseModel)]
+        if not sections:
+            return []
+        model = sections[0]
+    return [f.alias or name for name, f in model.model_fields.items() if not f.exclude]
+
+
+def _problem(err: Any) -> str:
+    """One pydantic error as "key: what is wrong", an unknown key with the closest known one."""
+    dotted = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        return f"unknown key '{dotted}'{did_you_mean(dotted, _keys_at(err['loc'][:-1]))}"
+    got = f" (got {err['input']!r})" if not isinstance(err["input"], dict) else ""
+    return (f"{dotted}: " if dotted else "") + err["msg"] + got
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -500,9 +536,4 @@ def load_params(path: Path | str | None = None, overrides: dict[str, Any] | None
     try:
         return Params(**raw, root=path.resolve().parent)
     except ValidationError as err:
-        problems = "; ".join(
-            (f"{'.'.join(str(p) for p in e['loc'])}: " if e["loc"] else "") + e["msg"]
-            + (f" (got {e['input']!r})" if e["type"] != "extra_forbidden" and not isinstance(e["input"], dict) else "")
-            for e in err.errors()
-        )
-        raise ConfigError(f"{path}: {problems}") from None
+        raise ConfigError(f"{path}: " + "; ".join(_problem(e) for e in err.errors())) from None
