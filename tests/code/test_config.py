@@ -96,3 +96,13 @@ def test_cli_suggests_the_key_and_the_command_a_user_misspelt(tmp_path):
 def test_missing_params_file(tmp_path):
     with pytest.raises(ConfigError, match="params file not found"):
         load_params(tmp_path / "nope.yaml")
+
+
+def test_one_section_loads_as_the_whole_file_checks_it(tmp_path):
+    from leadre.config import load_section
+
+    assert load_section(REPO / "params.yaml", "orchestration") == load_params(REPO / "params.yaml").orchestration
+    assert load_section(REPO / "params.yaml", "orchestration", {"retries": 0}).retries == 0
+    path = _params_file(tmp_path, lambda raw: raw["orchestration"].update(retries=-1))
+    with pytest.raises(ConfigError, match=r"orchestration\.retries: Input should be greater than or equal to 0"):
+        load_section(path, "orchestration")
