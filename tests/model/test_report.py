@@ -192,12 +192,13 @@ def test_hr_at_k_plot_has_one_line_per_method_on_the_ks_scored(reported):
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--hide-scrollbars"]
-# Loads the report in a 1280 px wide frame of the same origin and writes its layout width into the page, which
-# --dump-dom prints: the report itself carries no test code.
+# Loads the report in a 1280 px wide frame of the same origin, unfolds every <details> (a folded table must fit too)
+# and writes the layout width into the page, which --dump-dom prints: the report itself carries no test code.
 PROBE = f"""<!doctype html><html><body style="margin:0">
 <iframe id=report src="report.html" style="width:{WIDTH_PX}px;height:900px;border:0"></iframe>
 <pre id=out>not loaded</pre><script>
 report.onload = () => {{
+  report.contentDocument.querySelectorAll("details").forEach(folded => {{ folded.open = true; }});
   const page = report.contentDocument.documentElement;
   document.getElementById("out").textContent = "scrollWidth=" + page.scrollWidth + " scrollHeight=" + page.scrollHeight;
 }};
