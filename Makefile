@@ -29,9 +29,14 @@ test: install  ## the whole suite (CI calls exactly this)
 bench: install  ## speed and memory at default, 100k and 1M users (minutes; see bench/README.md)
 	python -m bench
 
-airflow: install  ## the Airflow UI on :8080 with this repo's DAG (SQLite metadata in .airflow/; Ctrl-C stops it)
+# The UI listens on this machine only (Airflow's own default is every interface, 0.0.0.0): its admin password sits
+# in a file and the DAG runs code. `make airflow AIRFLOW_HOST=0.0.0.0` opens it to the network on purpose.
+AIRFLOW_HOST ?= 127.0.0.1
+AIRFLOW_PORT ?= 8080
+airflow: install  ## the Airflow UI on 127.0.0.1:8080 with this repo's DAG (SQLite metadata in .airflow/; Ctrl-C stops it)
 	AIRFLOW_HOME=$(CURDIR)/.airflow AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags AIRFLOW__CORE__LOAD_EXAMPLES=False \
 	AIRFLOW__CORE__PARALLELISM=2 AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG=2 LEADRE_PARAMS=$(CURDIR)/params.yaml \
+	AIRFLOW__API__HOST=$(AIRFLOW_HOST) AIRFLOW__API__PORT=$(AIRFLOW_PORT) \
 	airflow standalone
 
 lock: install  ## refresh requirements.lock after changing pyproject.toml

@@ -1,8 +1,9 @@
 """
 # LEADRE retrain
 
-validate → sids → prompts → sft → dpo → evaluate → gate → promote → nearline, once a week or from the trigger
-form: one task per row of the step table (`leadre/steps.py`), in its order. Every task runs the same step function
+validate → sids → prompts → sft → dpo → evaluate → gate → promote → nearline, from the trigger form (and on
+`orchestration.schedule` in params.yaml when one is set; none by default): one task per row of the step table
+(`leadre/steps.py`), in its order. Every task runs the same step function
 as `leadre <step>` and `dvc repro`; nothing here re-implements a step.
 
 * **Gate**: `gate` decides. When the candidate does not pass, `promote` is skipped and the run still succeeds.

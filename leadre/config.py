@@ -6,8 +6,10 @@ the key, so a typo never silently falls back to a default.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
+import typing
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -23,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from leadre.errors import UserError
+from leadre.errors import UserError, one_line
 
 PARAMS_ENV = "LEADRE_PARAMS"
 DEFAULT_PARAMS_FILE = "params.yaml"
@@ -460,17 +462,53 @@ class Params(_Section):
         return url
 
 
+def did_you_mean(dotted: str, siblings: typing.Iterable[str]) -> str:
+    """" — did you mean 'sft.epochs'?" for a misspelt last part of `dotted` among `siblings`; "" when none is close."""
+    *parents, leaf = dotted.split(".")
+    close = difflib.get_close_matches(leaf, [str(s) for s in siblings], n=1)
+    return f" — did you mean '{'.'.join([*parents, close[0]])}'?" if close else ""
+
+
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node = tree
-    *parents, leaf = dotted.split(".")
-    for key in parents:
-        child = node.get(key)
-        if not isinstance(child, dict):
-            raise ConfigError(f"override {dotted}: {key!r} is not a section")
-        node = child
-    if leaf not in node:
-        raise ConfigError(f"override {dotted}: unknown key {leaf!r}")
-    node[leaf] = value
+    parts = dotted.split(".")
+    for depth, key in enumerate(parts):
+        prefix = ".".join(parts[: depth + 1])
+        if key not in node:
+            raise ConfigError(f"override: unknown key '{prefix}'{did_you_mean(prefix, node)}")
+        if depth == len(parts) - 1:
+            node[key] = value
+            return
+        if not isinstance(node[key], dict):
+            raise ConfigError(f"override {dotted}: '{prefix}' is a value, not a section")
+        node = node[key]
+
+
+def _keys_at(loc: tuple[Any, ...]) -> list[str]:
+    """The keys params.yaml may hold at `loc` (a path of section names), as spelt in the file; [] below a mapping."""
+    model: type[BaseModel] = Params
+    for part in loc:
+        field = next((f for name, f in model.model_fields.items() if (f.alias or name) == part), None)
+        if field is None:
+            return []
+        # a section is a model, possibly optional (`X | None`); a dict or list field has free keys
+        sections = [t for t in (field.annotation, *typing.get_args(field.annotation))
+                    if isinstance(t, type) and issubclass(t, BaseModel)]
+        if not sections:
+            return []
+        model = sections[0]
+    return [f.alias or name for name, f in model.model_fields.items() if not f.exclude]
+
+
+def _problem(err: Any, section: tuple[str, ...] = ()) -> str:
+    """One pydantic error as "key: what is wrong", an unknown key with the closest known one (`section`: where the
+    validated model sits in params.yaml)."""
+    loc = (*section, *err["loc"])
+    dotted = ".".join(str(p) for p in loc)
+    if err["type"] == "extra_forbidden":
+        return f"unknown key '{dotted}'{did_you_mean(dotted, _keys_at(loc[:-1]))}"
+    got = f" (got {err['input']!r})" if not isinstance(err["input"], dict) else ""
+    return (f"{dotted}: " if dotted else "") + err["msg"] + got
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -484,25 +522,51 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return overrides
 
 
-def load_params(path: Path | str | None = None, overrides: dict[str, Any] | None = None) -> Params:
-    """Load params.yaml (or $LEADRE_PARAMS) and apply dotted overrides such as {"world.scale": "1m"}."""
-    path = Path(path or os.environ.get(PARAMS_ENV, DEFAULT_PARAMS_FILE))
+def params_path(path: Path | str | None = None) -> Path:
+    """The params file: `path`, else $LEADRE_PARAMS, else ./params.yaml."""
+    return Path(path or os.environ.get(PARAMS_ENV, DEFAULT_PARAMS_FILE))
+
+
+def read_params_file(path: Path | str | None = None) -> dict[str, Any]:
+    """params.yaml as a mapping of sections, unvalidated; a ConfigError of one line naming the file when it is
+    missing or not a YAML mapping."""
+    path = params_path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: params file not found (run from the repository root or set {PARAMS_ENV})")
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot be read: {err.strerror or err}") from err
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        raise ConfigError(f"{path}: not valid YAML: {one_line(str(err))}") from err
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    return raw
+
+
+def load_params(path: Path | str | None = None, overrides: dict[str, Any] | None = None) -> Params:
+    """Load params.yaml (or $LEADRE_PARAMS) and apply dotted overrides such as {"world.scale": "1m"}."""
+    path = params_path(path)
+    raw = read_params_file(path)
     for dotted, value in (overrides or {}).items():
         _set_dotted(raw, dotted, value)
     try:
         return Params(**raw, root=path.resolve().parent)
     except ValidationError as err:
-        problems = "; ".join(
-            (f"{'.'.join(str(p) for p in e['loc'])}: " if e["loc"] else "") + e["msg"]
-            + (f" (got {e['input']!r})" if e["type"] != "extra_forbidden" and not isinstance(e["input"], dict) else "")
-            for e in err.errors()
-        )
-        raise ConfigError(f"{path}: {problems}") from None
+        raise ConfigError(f"{path}: " + "; ".join(_problem(e) for e in err.errors())) from None
+
+
+def load_section(path: Path | str | None, section: str, changes: dict[str, Any] | None = None) -> Any:
+    """One section of params.yaml, typed and checked as `load_params` checks it, with `changes` (keys of the section)
+    winning over the file's values. The other sections are not validated: some of their checks import numpy and
+    pandas, which the Airflow DAG file, parsed every few seconds, must not pay for."""
+    path = params_path(path)
+    model = Params.model_fields[section].annotation
+    found = read_params_file(path).get(section) or {}
+    if not isinstance(found, dict):
+        raise ConfigError(f"{path}: {section}: expected a mapping of keys, got {found!r}")
+    values = {**found, **(changes or {})}
+    try:
+        return model(**values)
+    except ValidationError as err:
+        raise ConfigError(f"{path}: " + "; ".join(_problem(e, (section,)) for e in err.errors())) from None

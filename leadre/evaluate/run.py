@@ -162,7 +162,10 @@ def run_evaluate(params: Params) -> dict[str, Any]:
 
     ev, gen = params.evaluate, params.decode
     set_cpu_threads(params.model.cpu_threads)
+    started = time.perf_counter()
     data = load_eval_set(params)
+    log.info("evaluate: %d users of the %s split loaded in %.1f s", len(data.user_ids), ev.split,
+             time.perf_counter() - started)
     k_max = max(ev.ks)
     methods: dict[str, dict[str, float]] = {}
     timings: dict[str, float] = {}
@@ -186,6 +189,8 @@ def run_evaluate(params: Params) -> dict[str, Any]:
             generated = recommender.generate(data.prompts, beam_width=max(gen.beam_width, k_max),
                                              exclude=data.exclude)
             timings[name] = time.perf_counter() - started
+            log.info("evaluate: %s generated %d users' lists in %.1f s (%.1f users/s)", name, len(data.user_ids),
+                     timings[name], len(data.user_ids) / max(timings[name], 1e-9))
             ids, _ = top_k(generated, max(gen.beam_width, k_max), data.exclude, data.ads["ecpm"],
                            data.ads["industry"], gen.value_weight, gen.diversity_penalty)
             llm_lists[name] = ids
@@ -207,22 +212,29 @@ def run_evaluate(params: Params) -> dict[str, Any]:
             baseline.fit(data.engagements)
             ids = baseline.recommend(data.user_ids, max(k_max, params.fusion.depth), data.candidates, data.exclude)
             timings[baseline.name] = time.perf_counter() - started
+            log.info("evaluate: baseline %s fitted and ranked in %.1f s", baseline.name, timings[baseline.name])
             channel_lists[baseline.name] = ids
             methods[baseline.name] = score_lists(params, data, ids[:, :k_max], per_user, baseline.name)
             baseline_names.append(baseline.name)
         fused, _ = fuse(llm_lists[CANDIDATE], channel_lists[params.fusion.channel], k_max, params.fusion)
         methods[FUSION] = score_lists(params, data, fused, per_user, FUSION)
+        started = time.perf_counter()
         lifts = lift_intervals(params, per_user, [*bundles, FUSION],
                                baseline_names + (["champion"] if champion else []))
+        log.info("evaluate: bootstrap lift intervals (%d resamples) in %.1f s", ev.bootstrap.resamples,
+                 time.perf_counter() - started)
 
         summary = {"split": ev.split, "users": int(len(data.user_ids)), "cutoff": str(data.cutoff),
                    "champion_version": champion.version if champion else None, "methods": methods,
                    "baselines": baseline_names,  # the gate's reference set when there is no champion
                    "lifts": lifts, "seconds": timings, "tradeoff": tradeoff}
-        from leadre.evaluate.report import write_reports
+        from leadre.evaluate.report import run_provenance, write_reports
 
+        summary["run_id"] = run.info.run_id
+        summary["provenance"] = run_provenance(params, run)
         out_dir = params.path(ev.reports_dir)
         write_reports(params, summary, out_dir)
+        log.info("evaluate: report %s", out_dir / "report.html")
         write_json(params.path(ev.metrics_file), {name: {k: round(v, 6) for k, v in values.items()}
                                                    for name, values in methods.items()})
         for name, values in methods.items():
@@ -232,6 +244,5 @@ def run_evaluate(params: Params) -> dict[str, Any]:
                                 for ref, by_metric in by_reference.items() for metric, value in by_metric.items()
                                 for end in ("lift", "low", "high") if np.isfinite(value[end])})
         mlflow.log_artifacts(str(out_dir), artifact_path="evaluation")
-        summary["run_id"] = run.info.run_id
     write_json(out_dir / "summary.json", summary)
     return summary

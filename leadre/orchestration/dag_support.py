@@ -1,12 +1,14 @@
 """What the Airflow DAG (dags/leadre_retrain.py) needs besides its graph: settings, the trigger form, the task
 bodies of the local runner, the pod arguments of the Kubernetes runner, and the failure callback.
 
-Imported by the DAG file at parse time, so only the standard library, PyYAML, pydantic and `leadre.steps` (itself
-light) are imported at module level; Airflow, the Kubernetes provider and every step's heavy libraries are
-imported inside the functions that run a task.
+Imported by the DAG file at parse time, so only the standard library, PyYAML, pydantic, `leadre.config` and
+`leadre.steps` (both light) are imported at module level; Airflow, the Kubernetes provider and every step's heavy
+libraries are imported inside the functions that run a task.
 
-Settings come from the `orchestration` section of params.yaml (typed in leadre/config.py), then the environment:
-$LEADRE_RUNNER, $LEADRE_RETRIES (tests set 0 to fail fast) and $LEADRE_SCHEDULE ("none": trigger only) win.
+Settings come from the `orchestration` section of params.yaml, read and checked by leadre.config (one line naming
+the file and key when it is wrong: the DAG shows it as its import error), then the environment: $LEADRE_RUNNER,
+$LEADRE_RETRIES (tests set 0 to fail fast) and $LEADRE_SCHEDULE ("none": trigger only) win. The default has no
+schedule: a retrain runs when triggered (see `orchestration.schedule` in params.yaml).
 """
 
 from __future__ import annotations
@@ -22,9 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
 
-from leadre.config import OrchestrationParams
+from leadre.config import ConfigError, OrchestrationParams, load_section, read_params_file
 from leadre.steps import STEPS, get_step, resolve
 
 log = logging.getLogger("leadre.airflow")
@@ -54,35 +55,24 @@ def params_file(default: Path | str) -> Path:
     return Path(os.environ.get(PARAMS_ENV) or default)
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return {}
-    return raw if isinstance(raw, dict) else {}
-
-
 def load_settings(path: Path | str | None = None, environ: Mapping[str, str] | None = None) -> OrchestrationSettings:
-    """Settings from params.yaml's `orchestration` section (defaults when absent), then the environment.
+    """Settings from the `orchestration` section of `path` (None: $LEADRE_PARAMS or ./params.yaml), then the
+    environment; a ConfigError (one line, naming the file and key) when they are wrong.
 
     $LEADRE_RUNNER, $LEADRE_RETRIES and $LEADRE_SCHEDULE ("none": no schedule) override the file. They are read
     when the DAG file is parsed: set them in the environment of every Airflow component (scheduler, DAG
     processor, workers), as k8s/airflow/values.yaml does for LEADRE_RUNNER.
     """
     environ = os.environ if environ is None else environ
-    section = dict(_read_yaml(Path(path)).get("orchestration") or {}) if path else {}
+    changes: dict[str, Any] = {}
     if environ.get(RUNNER_ENV):
-        section["runner"] = environ[RUNNER_ENV].strip().lower()
+        changes["runner"] = environ[RUNNER_ENV].strip().lower()
     if environ.get(RETRIES_ENV):
-        section["retries"] = environ[RETRIES_ENV]
+        changes["retries"] = environ[RETRIES_ENV]
     if environ.get(SCHEDULE_ENV):
         schedule = environ[SCHEDULE_ENV].strip()
-        section["schedule"] = None if schedule.lower() in {"none", "null"} else schedule
-    try:
-        return OrchestrationSettings(**section)
-    except ValidationError as err:
-        problems = "; ".join(f"orchestration.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-        raise ValueError(f"{path}: {problems}") from None
+        changes["schedule"] = None if schedule.lower() in {"none", "null"} else schedule
+    return load_section(path, "orchestration", changes)
 
 
 def default_args(settings: OrchestrationSettings) -> dict[str, Any]:
@@ -182,7 +172,7 @@ def form_params(path: Path | str | None = None) -> dict[str, Any]:
     """The DAG's params: one `Param` per form field (default null = params.yaml's value) plus `overrides`."""
     from airflow.sdk import Param
 
-    current = _read_yaml(Path(path)) if path else {}
+    current = read_params_file(path)
     params: dict[str, Any] = {}
     for name, spec in FORM.items():
         value = _dotted(current, spec.keys[0])
@@ -249,6 +239,19 @@ def _env(name: str, value: str | None):
             os.environ[name] = old
 
 
+def quiet_library_logs() -> None:
+    """Library logging inside a task, set where it starts: the task log is read by people looking for our lines.
+
+    - Great Expectations logs one INFO line per public function it registers ("Skipping registering function ...",
+      200-odd per validate task): the same WARNING floor as the `leadre` CLI gives it.
+    - MLflow installs its own handler on sys.stderr when it is first imported; Airflow files every stderr line of a
+      task as an ERROR, so its INFO lines ("View run ...") showed red. Without that handler its records go through
+      the task's logging like any other library's, at their own level. A value the user set is kept.
+    """
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
+
+
 def run_local_step(step: str, default_params: Path | str) -> Any:
     """The body of a local-runner task: `leadre.steps.run_step` (the CLI's and DVC's code) with the form's overrides.
 
@@ -262,6 +265,7 @@ def run_local_step(step: str, default_params: Path | str) -> Any:
     from leadre.errors import UserError
     from leadre.steps import run_step
 
+    quiet_library_logs()
     context = get_current_context()
     overrides = overrides_from_params(context["params"])
     path = params_file(default_params)
@@ -372,7 +376,10 @@ def failure_report(context: Mapping[str, Any], default_params: Path | str | None
     log_url = getattr(ti, "log_url", None) or "(see the task log in the Airflow UI)"
     error = context.get("exception")
     path = params_file(default_params) if default_params or os.environ.get(PARAMS_ENV) else None
-    raw = _read_yaml(path) if path else {}
+    try:
+        raw, unreadable = (read_params_file(path), None) if path else ({}, None)
+    except ConfigError as err:  # the report still says what it can; the broken params are one more pointer
+        raw, unreadable = {}, err
     tracking = raw.get("tracking") or {}
     uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking.get("tracking_uri", "sqlite:///mlruns.db")
     experiment = tracking.get("experiment", "leadre")
@@ -383,6 +390,8 @@ def failure_report(context: Mapping[str, Any], default_params: Path | str | None
         f"  MLflow:  experiment '{experiment}' at {uri}: parent run 'retrain {run_id}', nested run '{step}' "
         f"(filter: tags.`leadre.retrain_id` = '{run_id}')",
     ]
+    if unreadable is not None:
+        lines.append(f"  params:  {unreadable}")
     files = step_files(step, raw, path)
     if files:
         lines.append(f"  files:   {', '.join(files)}")

@@ -52,7 +52,7 @@ def test_bad_override_exits_1_naming_the_key(tmp_path):
     write_params(tmp_path)
     result = _leadre(tmp_path, "data", "generate", "--set", "world.scal=tiny")
     assert result.returncode == 1
-    assert result.stderr == "error: override world.scal: unknown key 'scal'\n"
+    assert result.stderr == "error: override: unknown key 'world.scal' — did you mean 'world.scale'?\n"
 
 
 def test_help_is_fast_because_steps_import_lazily(tmp_path):

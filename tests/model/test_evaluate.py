@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 import shutil
 
 import numpy as np
@@ -22,7 +24,41 @@ def evaluated(trained, tmp_path_factory):
     from leadre.config import load_params
 
     params = load_params(root / "params.yaml")
-    return params, run_evaluate(params)
+    phases = _Lines()
+    logger = logging.getLogger("leadre.evaluate.run")
+    logger.addHandler(phases)
+    level, logger.level = logger.level, logging.INFO
+    try:
+        return params, run_evaluate(params)
+    finally:
+        logger.removeHandler(phases)
+        logger.setLevel(level)
+        EVALUATE_LOG[:] = phases.lines
+
+
+EVALUATE_LOG: list[str] = []  # what `leadre evaluate` said while the `evaluated` fixture ran
+
+
+class _Lines(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def test_evaluate_says_what_it_is_doing_phase_by_phase(evaluated):
+    """It ran for minutes without a word: one line per phase, each LLM's with its speed."""
+    params, summary = evaluated
+    said = "\n".join(EVALUATE_LOG)
+    assert f"{summary['users']} users of the test split loaded" in said
+    for name in ("candidate", "sft"):
+        assert re.search(rf"{name} generated {summary['users']} users' lists in [0-9.]+ s \([0-9.]+ users/s\)", said)
+    for name in summary["baselines"]:
+        assert re.search(rf"baseline {name} fitted and ranked in [0-9.]+ s", said)
+    assert f"bootstrap lift intervals ({params.evaluate.bootstrap.resamples} resamples)" in said
+    assert "report.html" in said
 
 
 def test_every_method_is_scored_on_the_same_users(evaluated):

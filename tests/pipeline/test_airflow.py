@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 import yaml
 
+from leadre.config import ConfigError
 from leadre.orchestration import dag_support as ds
 from leadre.orchestration import pods
 from leadre.steps import STEPS
@@ -201,8 +202,8 @@ FORM_IN_PODS = {"base_model": "/models/qwen", "learning_rate": 0.0002, "lora": "
 PLACEHOLDER_KUBECONFIG = pods._PLACEHOLDER_KUBECONFIG
 
 
-def inspect_dag(home: Path, runner: str) -> dict[str, Any]:
-    env = isolated_airflow_env(home, DAGS, LEADRE_RUNNER=runner, LEADRE_PARAMS=str(REPO / "params.yaml"))
+def inspect_dag(home: Path, runner: str, params_file: Path = REPO / "params.yaml", **extra: str) -> dict[str, Any]:
+    env = isolated_airflow_env(home, DAGS, LEADRE_RUNNER=runner, LEADRE_PARAMS=str(params_file), **extra)
     env = {k: v for k, v in env.items() if not k.startswith("LEADRE_K8S_")}  # pods.py's defaults, as in k8s/base
     if runner == "kubernetes":
         kubeconfig = home / "kubeconfig"
@@ -253,7 +254,9 @@ def test_task_order_is_exactly_the_retrain_chain(local_dag, k8s_dag):
 
 
 def test_dag_schedule_and_run_settings(local_dag):
-    assert local_dag["schedule"] == "@weekly"
+    # no schedule by default: unpausing (the trigger form's "Unpause on trigger") starts no retrain of its own ahead
+    # of the user's (max_active_runs is 1); a schedule, when set, never catches up
+    assert local_dag["schedule"] == "None"
     assert local_dag["catchup"] is False and local_dag["max_active_runs"] == 1
     assert {"leadre", "retrain", "local"} <= set(local_dag["tags"])
     assert local_dag["doc_md"] and local_dag["serialized"]
@@ -460,7 +463,7 @@ def test_cli_set_args_parse_back_through_the_real_cli(tmp_path):
 
 def test_settings_from_params_and_environment(tmp_path):
     default = ds.load_settings(REPO / "params.yaml", environ={})
-    assert default.runner == "local" and default.retries > 0 and default.schedule == "@weekly"
+    assert default.runner == "local" and default.retries > 0 and default.schedule is None
     assert set(default.execution_timeout_minutes) == set(CHAIN)
     params = tmp_path / "params.yaml"
     base = yaml.safe_load((REPO / "params.yaml").read_text())["orchestration"]
@@ -478,6 +481,72 @@ def test_settings_from_params_and_environment(tmp_path):
         params.write_text(yaml.safe_dump({"orchestration": {**base, **bad}}))
         with pytest.raises(ValueError, match="orchestration"):
             ds.load_settings(params, environ={})
+
+
+def test_broken_params_fail_the_dag_file_with_one_line_naming_the_file_and_key(tmp_path):
+    """The DAG reads params.yaml through leadre.config: a typo or broken YAML is an error naming it, never {}."""
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({**base, "orchestration": {**base["orchestration"], "schedul": "@weekly"}}))
+    with pytest.raises(ConfigError) as raised:
+        ds.load_settings(params, environ={})
+    assert str(raised.value) == (f"{params}: unknown key 'orchestration.schedul' — did you mean "
+                                 "'orchestration.schedule'?")
+    params.write_text("orchestration: {runner: local\n  retries: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML") as raised:
+        ds.load_settings(params, environ={})
+    assert "\n" not in str(raised.value)
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        ds.form_params(params)
+    # in Airflow: the DAG does not load, and its import error says why
+    described = inspect_dag(tmp_path / "airflow", "local", params)
+    assert described["dag_ids"] == []
+    assert any(f"{params}: not valid YAML" in error for error in described["import_errors"].values())
+
+
+def test_a_scheduled_dag_never_catches_up(tmp_path):
+    described = inspect_dag(tmp_path / "airflow", "local", LEADRE_SCHEDULE="@weekly")
+    assert described["schedule"] == "@weekly" and described["catchup"] is False
+
+
+def test_library_logs_inside_a_task_are_quiet_and_at_their_own_level(tmp_path):
+    """What a validate or train task's log showed: 214 lines of GX "Skipping registering function", and MLflow's
+    INFO lines on stderr, which Airflow files as ERROR. The task runner's settings, in a fresh process as a task's."""
+    script = tmp_path / "task.py"
+    script.write_text(
+        "import logging, sys\n"
+        "logging.basicConfig(level=logging.INFO, stream=sys.stdout)  # the task's own handler, at INFO\n"
+        "if sys.argv[1] == 'task':\n"
+        "    from leadre.orchestration.dag_support import quiet_library_logs\n"
+        "    quiet_library_logs()\n"
+        "import great_expectations, mlflow\n"
+        "logging.getLogger('mlflow.tracking').info('View run evaluate')\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    runs = {mode: subprocess.run([sys.executable, str(script), mode], capture_output=True, text=True, env=env,
+                                 cwd=REPO, timeout=300) for mode in ("bare", "task")}
+    bare, task = runs["bare"], runs["task"]
+    assert bare.returncode == task.returncode == 0, task.stderr[-3000:]
+    # without the settings, both problems show (the test would catch their return)
+    assert "Skipping registering function" in bare.stdout and "View run evaluate" in bare.stderr
+    assert "Skipping registering function" not in task.stdout + task.stderr
+    assert "View run evaluate" in task.stdout and "View run evaluate" not in task.stderr
+
+
+def test_make_airflow_listens_on_loopback_only(tmp_path):
+    """`make airflow`'s own environment, read back by Airflow's configuration: the API server's host and port."""
+    # CURDIR moves the recipe's AIRFLOW_HOME (where Airflow writes its airflow.cfg) out of the checkout
+    recipe = subprocess.run(["make", "-s", "-n", "-o", "install", "airflow", f"CURDIR={tmp_path}"], cwd=REPO,
+                            capture_output=True, text=True, check=True).stdout
+    assert recipe.rstrip().endswith("airflow standalone"), recipe
+    env = isolated_airflow_env(tmp_path / "airflow", DAGS)
+    query = recipe.rstrip().removesuffix("airflow standalone")
+    shown = {}
+    for key in ("host", "port"):
+        result = subprocess.run(["bash", "-c", query + f"airflow config get-value api {key}"], cwd=REPO, env=env,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr[-3000:]
+        shown[key] = result.stdout.strip()
+    assert shown == {"host": "127.0.0.1", "port": "8080"}
 
 
 def test_failure_report_says_where_to_look(tmp_path):
@@ -595,9 +664,9 @@ def test_rest_api_triggers_a_retrain_that_succeeds(tmp_path, prepared_data):
     base = f"http://127.0.0.1:{port}"
     env = isolated_airflow_env(
         home, DAGS,
-        # no schedule: unpausing a scheduled DAG starts the latest interval's run at once (catchup=False or not),
-        # and max_active_runs=1 would queue the triggered run behind it
-        LEADRE_PARAMS=str(params_file), LEADRE_RETRIES="0", LEADRE_SCHEDULE="none",
+        # params.yaml's default (no schedule): unpausing must start nothing ahead of the triggered run, which
+        # max_active_runs=1 would queue behind it; the run list is checked at the end
+        LEADRE_PARAMS=str(params_file), LEADRE_RETRIES="0",
         AIRFLOW__API__HOST="127.0.0.1", AIRFLOW__API__PORT=str(port), AIRFLOW__API__BASE_URL=base,
         AIRFLOW__API__WORKERS="1",
         AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"{base}/execution/",
