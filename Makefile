@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 # one MLflow parent run per `make run`: every step's run nests under it (see leadre/tracking.py)
 export LEADRE_RETRAIN_ID ?= make-$(shell date -u +%Y%m%dT%H%M%S)
 
-.PHONY: install run test bench airflow lock clean
+.PHONY: install system-packages run test bench airflow lock clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,13 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/pip install -q -c requirements.lock -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+# The report's test drives a real headless Chromium: Debian's package, the one system package the suite needs.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+system-packages:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium)
+
+install: $(STAMP) system-packages
 
 run: install  ## the main job: `dvc repro` of the whole pipeline on the embedded default
 	dvc repro
