@@ -346,11 +346,10 @@ def promote(
 def nearline() -> None:
     params = current_params()
     summary = _step("nearline")(params)
-    if "skipped" in summary:
-        typer.echo(f"near-line skipped: {summary['skipped']}")
-        return
-    typer.echo(f"near-line: {summary['users']} users from model version {summary['model_version']} "
-               f"({summary['users_per_second']:.1f} users/s), snapshot {summary['snapshot_id']}")
+    ranker = (f"model version {summary['model_version']}" if summary["model_version"] is not None
+              else f"the labelled fallback {summary['source']} (no champion yet)")
+    typer.echo(f"near-line: {summary['users']} users from {ranker} ({summary['users_per_second']:.1f} users/s), "
+               f"snapshot {summary['snapshot_id']}")
 
 
 STEP_COMMANDS: dict[str, Any] = {

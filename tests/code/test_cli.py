@@ -98,7 +98,6 @@ SUBCOMMANDS = _subcommands()
 # the empty workspace is not an error for these: they make their own input, or have nothing to do yet
 SUCCEED_WITHOUT_INPUTS = {
     ("data", "generate"): "generates the world it needs",
-    ("nearline",): "no champion yet: a logged skip, exit 0",
     ("serve",): "serves the fallback until a champion exists (and would not return)",
 }
 
