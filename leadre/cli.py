@@ -256,9 +256,17 @@ def serve(
     run_serve(params, host, port)
 
 
+def status() -> None:
+    """Where the last retrain left things: gate decision, report, MLflow run, what is served, the next command."""
+    params = current_params()
+    from leadre.serve.status import status_lines
+
+    typer.echo("\n".join(status_lines(params)))
+
+
 TOOLS: tuple[tuple[tuple[str, ...], Any], ...] = (
     (("data", "generate"), data_generate), (("data", "import"), data_import), (("sids", "assign"), sids_assign),
-    (("recommend",), recommend), (("rollback",), rollback), (("serve",), serve),
+    (("recommend",), recommend), (("rollback",), rollback), (("serve",), serve), (("status",), status),
 )
 
 
