@@ -26,8 +26,14 @@ system-packages:
 
 install: $(STAMP) system-packages
 
-run: install  ## the main job: `dvc repro` of the whole pipeline on the embedded default
+# `leadre nearline` is no DVC stage (it writes the candidate store, outside the repository), yet a run must end with
+# something served: the champion's lists, or the labelled fallback when no gate has passed yet. `leadre status`
+# closes with the gate's decision, the report, the MLflow run and the next command, not DVC's hints.
+run: install  ## the main job: `dvc repro` of the whole pipeline on the embedded default, then the near-line refresh
 	dvc repro
+	leadre nearline
+	@echo
+	@leadre status
 
 test: install  ## the whole suite (CI calls exactly this)
 	pytest

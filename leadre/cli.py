@@ -256,9 +256,17 @@ def serve(
     run_serve(params, host, port)
 
 
+def status() -> None:
+    """Where the last retrain left things: gate decision, report, MLflow run, what is served, the next command."""
+    params = current_params()
+    from leadre.serve.status import status_lines
+
+    typer.echo("\n".join(status_lines(params)))
+
+
 TOOLS: tuple[tuple[tuple[str, ...], Any], ...] = (
     (("data", "generate"), data_generate), (("data", "import"), data_import), (("sids", "assign"), sids_assign),
-    (("recommend",), recommend), (("rollback",), rollback), (("serve",), serve),
+    (("recommend",), recommend), (("rollback",), rollback), (("serve",), serve), (("status",), status),
 )
 
 
@@ -346,11 +354,10 @@ def promote(
 def nearline() -> None:
     params = current_params()
     summary = _step("nearline")(params)
-    if "skipped" in summary:
-        typer.echo(f"near-line skipped: {summary['skipped']}")
-        return
-    typer.echo(f"near-line: {summary['users']} users from model version {summary['model_version']} "
-               f"({summary['users_per_second']:.1f} users/s), snapshot {summary['snapshot_id']}")
+    ranker = (f"model version {summary['model_version']}" if summary["model_version"] is not None
+              else f"the labelled fallback {summary['source']} (no champion yet)")
+    typer.echo(f"near-line: {summary['users']} users from {ranker} ({summary['users_per_second']:.1f} users/s), "
+               f"snapshot {summary['snapshot_id']}")
 
 
 STEP_COMMANDS: dict[str, Any] = {

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from leadre.config import Params
+from leadre.config import SQLITE_PREFIX, Params
 
 RETRAIN_ENV = "LEADRE_RETRAIN_ID"
 RETRAIN_TAG = "leadre.retrain_id"
@@ -28,6 +28,7 @@ TRACKING_ENV = "MLFLOW_TRACKING_URI"
 # The user's own setting, read once at import: MLflow writes the variable into os.environ whenever a tracking URI
 # is set (for child processes), so reading it later would return whichever store this process used last.
 USER_TRACKING_URI = os.environ.get(TRACKING_ENV)
+LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store by default
 
 
 def tracking_uri(params: Params) -> str:
@@ -80,6 +81,28 @@ def _parent_run_id(experiment_id: str, retrain: str) -> str:
     run = client.create_run(experiment_id, run_name=f"retrain {retrain}",
                             tags={RETRAIN_TAG: retrain, STEP_TAG: "retrain", **git_tags()})
     return run.info.run_id
+
+
+def retrain_run(params: Params, step_run_id: str) -> dict[str, str] | None:
+    """The retrain (parent) run a step's run belongs to: run_id, retrain_id and its URL in the MLflow UI (`ui`: the
+    command that starts one, for a local store). None when the tracking store does not hold that run; a local store
+    that does not exist yet is not created by asking."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri(params)
+    if uri.startswith(SQLITE_PREFIX) and not Path(uri[len(SQLITE_PREFIX):]).exists():
+        return None
+    try:
+        run = MlflowClient(tracking_uri=uri).get_run(step_run_id)
+    except MlflowException:
+        return None
+    parent = run.data.tags.get("mlflow.parentRunId", run.info.run_id)
+    local = uri_is_local(uri)
+    base = LOCAL_UI if local else uri.rstrip("/")
+    return {"run_id": parent, "retrain_id": run.data.tags.get(RETRAIN_TAG, ""),
+            "url": f"{base}/#/experiments/{run.info.experiment_id}/runs/{parent}",
+            "ui": f"mlflow ui --backend-store-uri {uri}" if local else ""}
 
 
 @contextmanager

@@ -1,6 +1,7 @@
 """The online service: `create_app(settings)` → FastAPI.
 
-Routes: GET /v1/recommendations/{user_id}?k=, /healthz (process up), /readyz (bundle loaded and store readable),
+Routes: GET /v1/recommendations/{user_id}?k=, /healthz (process up), /readyz (bundle loaded and store readable;
+with or without a champion: without one the answers are the labelled fallback),
 /metrics (Prometheus), POST /admin/reload and GET /admin/status (header X-API-Key).
 
 The recommendation route is `async def` on purpose: a candidate read is a few tens of microseconds (an SQLite
@@ -27,10 +28,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from leadre.serve.metrics import MetricsMiddleware, ServeMetrics
-from leadre.serve.recommend import recommend
+from leadre.serve.recommend import FallbackReason, recommend
 from leadre.serve.reloader import BundleManager
 from leadre.serve.settings import ServeSettings
-from leadre.serve.store import INT64_MAX, CandidateStore, open_store
+from leadre.serve.store import INT64_MAX, CandidateStore, fallback_baseline, open_store
 
 log = logging.getLogger(__name__)
 API_KEY_HEADER = "X-API-Key"
@@ -63,7 +64,8 @@ class Service:
 
     def start(self) -> None:
         self.store = open_store(self.settings.store_url)
-        # A failed first load is not fatal: the app starts unready (503) and the poller keeps trying.
+        # A failed first load (no ads file yet, a registry down) is not fatal: the app starts unready (503) and the
+        # poller keeps trying. No champion is no failure: the bundle loads and the fallback is served.
         self.manager.reload("startup")
         self.refresh_store_gauges()
         self.manager.start_polling(self.settings.reload_interval_s, on_tick=self.refresh_store_gauges)
@@ -181,23 +183,30 @@ def create_app(settings: ServeSettings) -> FastAPI:
         now = time.time()
         rec = recommend(index, candidates, k, now, settings.staleness_limit_s, settings.fallback_industries,
                         store_failed=store_failed)
+        # a snapshot the near-line job published without a champion holds a baseline's lists: served, as fallback
+        baseline = fallback_baseline(candidates.model_version) if candidates else None
+        n = 0 if baseline else rec.nearline
+        reason = (FallbackReason.NO_CHAMPION if index.model_version is None
+                  else FallbackReason.NEARLINE_PENDING if baseline else rec.fallback_reason)
         metrics = service.metrics
-        if rec.fallback_reason is not None:
-            metrics.fallback(rec.fallback_reason.value).inc()
-            metrics.fallback_items.inc(len(rec.ad_ids) - rec.nearline)
-        metrics.nearline_items.inc(rec.nearline)
-        n = rec.nearline
+        if reason is not None:
+            metrics.fallback(reason.value).inc()
+            metrics.fallback_items.inc(len(rec.ad_ids) - n)
+        metrics.nearline_items.inc(n)
         items = [{"ad_id": ad_id, "score": score, "source": "nearline" if i < n else "fallback"}
                  for i, (ad_id, score) in enumerate(zip(rec.ad_ids, rec.scores))]
         return _json({
             "user_id": user_id,
             "items": items,
-            # The version that ranked the near-line candidates (null for a user the snapshot does not hold);
-            # bundle_version is the champion whose live-ads list filtered and filled the answer.
-            "model_version": candidates.model_version if candidates else None,
+            # The version that ranked the near-line candidates (null for a user the snapshot does not hold, or for
+            # a fallback snapshot); bundle_version is the champion whose live-ads list filtered and filled the
+            # answer (null: no champion yet).
+            "model_version": None if baseline or not candidates else candidates.model_version,
             "snapshot_created_at": candidates.created_at.isoformat() if candidates else None,
             "bundle_version": index.model_version,
-            "fallback_reason": rec.fallback_reason.value if rec.fallback_reason else None,
+            "fallback_reason": reason.value if reason else None,
+            # what the fallback items are: a baseline's per-user lists (the no-champion snapshot), else popular ads
+            "fallback_source": baseline or ("popularity" if n < len(items) else None),
             "served_at": datetime.fromtimestamp(now, UTC).isoformat(),
         })
 
@@ -209,7 +218,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     def readyz() -> Response:
         bundle = service.manager.status()
         store = service.store_status()
-        ready = bundle["model_version"] is not None and store["readable"]
+        ready = service.manager.current is not None and store["readable"]  # a fallback bundle is ready too
         return _json({"ready": ready, "bundle": bundle, "store": store}, 200 if ready else 503)
 
     @app.get("/metrics")

@@ -32,17 +32,18 @@ class BundleError(UserError, ValueError):
 
 @dataclass(frozen=True)
 class ServingBundle:
-    """model_version: the champion's version. ads: live ads with ad_id, industry, ecpm, popularity (any scale;
+    """model_version: the champion's version; None while the registry has no champion (the service then answers
+    with the labelled fallback, never 503). ads: live ads with ad_id, industry, ecpm, popularity (any scale;
     higher = shown first in the fallback), optionally status (rows not `active` are dropped) and expires_at (an ad
     stops being served at that instant even before the next bundle). ads_version: bump it when the ads change
     under the same model version, so the reloader picks the new frame up."""
 
-    model_version: str
+    model_version: str | None
     ads: pd.DataFrame = field(repr=False)
     ads_version: str = ""
 
     @property
-    def key(self) -> tuple[str, str]:
+    def key(self) -> tuple[str | None, str]:
         return self.model_version, self.ads_version
 
 
@@ -52,8 +53,10 @@ class BundleIndex:
     def __init__(self, bundle: ServingBundle, fallback_size: int):
         if not isinstance(bundle, ServingBundle):
             raise BundleError(f"bundle loader returned {type(bundle).__name__}, expected ServingBundle")
-        if not isinstance(bundle.model_version, str) or not bundle.model_version.strip():
-            raise BundleError(f"model_version must be a non-empty string, got {bundle.model_version!r}")
+        if bundle.model_version is not None and (not isinstance(bundle.model_version, str)
+                                                 or not bundle.model_version.strip()):
+            raise BundleError(f"model_version must be a non-empty string or None (no champion), got "
+                              f"{bundle.model_version!r}")
         ads = _live_ads(bundle.ads).sort_values("ad_id", kind="stable")
         self.model_version = bundle.model_version
         self.ads_version = bundle.ads_version
@@ -123,7 +126,8 @@ def _expiry_seconds(ads: pd.DataFrame) -> np.ndarray:
 
 def write_bundle(path: Path | str, bundle: ServingBundle) -> Path:
     table = pa.Table.from_pandas(bundle.ads, preserve_index=False)
-    metadata = {**(table.schema.metadata or {}), _META_MODEL_VERSION: bundle.model_version.encode(),
+    # no champion: an empty version, which read_bundle turns back into None
+    metadata = {**(table.schema.metadata or {}), _META_MODEL_VERSION: (bundle.model_version or "").encode(),
                 _META_ADS_VERSION: bundle.ads_version.encode()}
     with atomic_file(path) as tmp:
         pq.write_table(table.replace_schema_metadata(metadata), tmp)
@@ -135,7 +139,7 @@ def read_bundle(path: Path | str) -> ServingBundle:
     metadata = table.schema.metadata or {}
     if _META_MODEL_VERSION not in metadata:
         raise BundleError(f"{path}: no {_META_MODEL_VERSION.decode()} in the Parquet metadata (not a bundle file?)")
-    return ServingBundle(metadata[_META_MODEL_VERSION].decode(), table.to_pandas(),
+    return ServingBundle(metadata[_META_MODEL_VERSION].decode() or None, table.to_pandas(),
                          metadata.get(_META_ADS_VERSION, b"").decode())
 
 

@@ -5,6 +5,11 @@ trie-constrained beam search in batches with the registry's champion, and publis
 (ad ids, scores, model version, time) in a single atomic swap: the online service reads the old snapshot or the new
 one, never a mix. It also writes the serving ads file (live ads, industry, eCPM, recent popularity) the online
 service filters and falls back with.
+
+With no champion yet (a first retrain whose gate held its candidate back) it publishes a labelled fallback instead
+of nothing: the lists of the best ID baseline of the last evaluation (`fallback_baseline`), fitted on every
+engagement before "now", under the label `fallback:<baseline>` where the model version would be. So a first run
+always ends with something to serve, and every answer says it is the fallback.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import pandas as pd
 
 from leadre.config import Params
 from leadre.runtime import set_cpu_threads
+from leadre.serve.store import fallback_label
 from leadre.train.model import ModelError
 
 log = logging.getLogger(__name__)
@@ -36,18 +42,51 @@ def serving_ads(params: Params, ads: pd.DataFrame, events: pd.DataFrame, now: pd
                          "expires_at": live["expires_at"].to_numpy()})
 
 
-def _fusion_channel(params: Params, events: pd.DataFrame, now: pd.Timestamp):
-    """The ID-based channel the near-line job fuses with the LLM's lists, fitted on ad engagements before now."""
-    from leadre.evaluate.baselines import ad_engagements, make_baseline
+FALLBACK_DEFAULT = "popularity"  # the fallback when no evaluation ranked the baselines: needs nothing but counts
 
-    channel = params.fusion.channel
-    return make_baseline(channel, params.evaluate.baselines[channel]).fit(ad_engagements(events, now))
+
+def fallback_baseline(params: Params) -> str:
+    """The baseline whose lists are served while there is no champion: the best on the gate's primary metric among
+    the baselines the last evaluation ran (its summary's `baselines`, the set the gate compares with when there is no
+    champion) and params still configure; popularity when there is no such evaluation."""
+    from leadre.io import read_json
+
+    path = params.path(params.evaluate.reports_dir) / "summary.json"
+    if not path.exists():
+        return FALLBACK_DEFAULT
+    summary = read_json(path)
+    methods, primary = summary.get("methods", {}), params.gate.primary_metric
+    scored = {name: methods[name][primary] for name in summary.get("baselines", ())
+              if name in params.evaluate.baselines and _finite(methods.get(name, {}).get(primary))}
+    return max(scored, key=scored.__getitem__) if scored else FALLBACK_DEFAULT
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
+
+
+def _fitted_baseline(params: Params, name: str, events: pd.DataFrame, now: pd.Timestamp):
+    """An ID baseline fitted on ad engagements before now, with its `evaluate.baselines` settings (its defaults when
+    params do not list it: popularity is the fallback even where the evaluation skips it)."""
+    from leadre.evaluate.baselines import ad_engagements, baseline_class, make_baseline
+
+    settings = params.evaluate.baselines.get(name) or baseline_class(name).Params()
+    return make_baseline(name, settings).fit(ad_engagements(events, now))
+
+
+def _baseline_rows(baseline, users: np.ndarray, top_n: int, live_ids: np.ndarray,
+                   exclude: list[np.ndarray] | None) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """Each user's top-N live ads by the baseline. A baseline ranks without scores: 1/rank keeps the store's order
+    (scores compare within a list only, as the LLM's do)."""
+    from leadre.units import PAD
+
+    lists = baseline.recommend(users, top_n, live_ids, exclude)
+    scores = 1.0 / np.arange(1, top_n + 1)
+    return [(int(user), row[row != PAD], scores[:int((row != PAD).sum())]) for user, row in zip(users, lists)]
 
 
 def run_nearline(params: Params) -> dict[str, Any]:
     from leadre.data.tables import read_tables
-    from leadre.decode.recommender import LlmRecommender, top_k
-    from leadre.prompts.build import load_sources, serving_prompts
     from leadre.registry.models import champion_bundle
     from leadre.serve.bundle import ServingBundle, write_bundle
     from leadre.serve.service import store_url
@@ -58,11 +97,6 @@ def run_nearline(params: Params) -> dict[str, Any]:
     cfg = params.nearline
     set_cpu_threads(params.model.cpu_threads)
     champion = champion_bundle(params)
-    if champion is None:
-        # The first retrain's gate can hold its candidate back: then there is nothing to serve yet, which is not a
-        # failure of this step. The online service answers from the fallback meanwhile.
-        log.warning("%s has no champion yet: near-line refresh skipped", params.registry.model_name)
-        return {"skipped": f"{params.registry.model_name} has no champion yet", "users": 0}
     now = pd.Timestamp(params.data.snapshot_time)
     tables = read_tables(params.path(params.data.validated_dir))
     ads, events = tables["ads"], tables["events"]
@@ -75,9 +109,47 @@ def run_nearline(params: Params) -> dict[str, Any]:
     engaged = events[(events["domain"] == "ad") & events["user_id"].isin(users)]
     engaged_by_user = engaged.groupby("user_id")["object_id"].unique()
     exclude = [np.asarray(engaged_by_user.get(u, []), dtype=np.int64) for u in users] if cfg.exclude_engaged else None
-    channel = _fusion_channel(params, events, now) if cfg.fusion else None
-    del events, recent
+    del recent
 
+    if champion is None:
+        # The first retrain's gate can hold its candidate back: serve the best baseline's lists meanwhile, labelled,
+        # rather than nothing (docs/serving.md, "First run: the gate failed").
+        baseline = fallback_baseline(params)
+        log.warning("%s has no champion yet: publishing the %s baseline's lists as the labelled fallback",
+                    params.registry.model_name, baseline)
+        fitted = _fitted_baseline(params, baseline, events, now)
+        rows = _baseline_rows(fitted, users, cfg.top_n, live["ad_id"].to_numpy(np.int64), exclude)
+        version, label = None, fallback_label(baseline)
+    else:
+        channel = _fitted_baseline(params, params.fusion.channel, events, now) if cfg.fusion else None
+        del events  # load_sources turns the frame into its event log: holding it here would double it in memory
+        rows = _champion_rows(params, champion, tables, now, live, users, exclude, channel)
+        version = label = champion.version
+    generation_seconds = time.perf_counter() - started
+
+    store = open_store(store_url(params))
+    try:
+        info = store.write_snapshot(rows, model_version=label, created_at=started_at)
+    finally:
+        store.close()
+    write_bundle(params.path(params.serve.ads_file), ServingBundle(version, live, ads_version=info.snapshot_id))
+    seconds = time.perf_counter() - started
+    # model_version: the registry version that ranked the lists (None for the fallback); source: what did
+    summary = {"users": len(rows), "model_version": version, "source": label if version is None else "champion",
+               "snapshot_id": info.snapshot_id, "seconds": seconds,
+               "users_per_second": len(rows) / generation_seconds if rows else 0.0, "live_ads": len(live)}
+    log.info("near-line: %s", summary)
+    return summary
+
+
+def _champion_rows(params: Params, champion, tables: dict[str, pd.DataFrame], now: pd.Timestamp,
+                   live: pd.DataFrame, users: np.ndarray, exclude: list[np.ndarray] | None,
+                   channel) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """The champion's top-N per user: beam search over fresh prompts, fused with the ID channel when configured."""
+    from leadre.decode.recommender import LlmRecommender, top_k
+    from leadre.prompts.build import load_sources, serving_prompts
+
+    cfg = params.nearline
     sources = load_sources(params, tables)  # the same tables: the event log replaces the events frame
     try:
         recommender = LlmRecommender(champion.folder, params.decode, live_ad_ids=live["ad_id"].to_numpy())
@@ -104,18 +176,4 @@ def run_nearline(params: Params) -> dict[str, Any]:
         for user, row_ids, row_scores in zip(batch, ids, scores):
             keep = row_ids >= 0
             rows.append((int(user), row_ids[keep], row_scores[keep]))
-    generation_seconds = time.perf_counter() - started
-
-    store = open_store(store_url(params))
-    try:
-        info = store.write_snapshot(rows, model_version=champion.version, created_at=started_at)
-    finally:
-        store.close()
-    write_bundle(params.path(params.serve.ads_file), ServingBundle(champion.version, live,
-                                                                    ads_version=info.snapshot_id))
-    seconds = time.perf_counter() - started
-    summary = {"users": len(rows), "model_version": champion.version, "snapshot_id": info.snapshot_id,
-               "seconds": seconds, "users_per_second": len(rows) / generation_seconds if rows else 0.0,
-               "live_ads": len(live)}
-    log.info("near-line: %s", summary)
-    return summary
+    return rows

@@ -25,6 +25,9 @@ class FallbackReason(StrEnum):
     STALE = "stale"  # the entry is older than the staleness limit
     TOO_FEW = "too_few"  # fewer than k of its ads are still live
     STORE_ERROR = "store_error"  # the store could not be read: degrade rather than fail the request
+    # answer-wide, set by the service from the bundle and the snapshot's label, whatever the per-user reason:
+    NO_CHAMPION = "no_champion"  # the registry has no champion: a baseline's lists (or popularity) are served
+    NEARLINE_PENDING = "nearline_pending"  # a champion exists, but the store still holds the fallback's lists
 
 
 @dataclass(slots=True)

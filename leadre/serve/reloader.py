@@ -3,6 +3,8 @@
 Requests read `manager.current` once and use that object to the end, so a swap never mixes two bundles inside one
 answer, and the swap itself is a single attribute assignment (atomic under the GIL). A load that raises leaves the
 current bundle serving; the failure is counted and kept for /readyz and /admin/status until a later load succeeds.
+A bundle without a champion (model_version None) is no failure: it is served (the labelled fallback), and the log
+says so once, as a warning, when serving turns to it, not at every poll.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from leadre.errors import UserError
 from leadre.serve.bundle import BundleIndex, ServingBundle
 from leadre.serve.metrics import ServeMetrics
 
 log = logging.getLogger(__name__)
+NO_CHAMPION_LABEL = "none"  # the bundle gauge's model_version while the fallback is served
 
 
 @dataclass(frozen=True)
@@ -72,8 +76,9 @@ class BundleManager:
                 self.failures += 1
                 self.last_failure = failure
                 # The traceback once per outage, then one line per attempt: a poll every few seconds against a
-                # broken registry must not bury the log.
-                detail = f"\n{traceback.format_exc()}" if not self.last_attempt_failed else ""
+                # broken registry must not bury the log. None for our own errors: their message says what to fix.
+                unexpected = not isinstance(exc, UserError) and not self.last_attempt_failed
+                detail = f"\n{traceback.format_exc()}" if unexpected else ""
                 self.last_attempt_failed = True
                 self._metrics.reload_failures.inc()
                 log.error("bundle reload (%s) failed: %s; still serving %s%s", trigger, failure.error,
@@ -86,9 +91,14 @@ class BundleManager:
             self.loaded_at = datetime.now(UTC)
             self.reloads += 1
             self._metrics.reloads.inc()
-            self._metrics.set_bundle(index.model_version, index.ads_version)
-            log.info("serving bundle %s (ads %r, %d live ads; was %s)", index.model_version, index.ads_version,
-                     len(index), previous_version)
+            self._metrics.set_bundle(index.model_version or NO_CHAMPION_LABEL, index.ads_version)
+            if index.model_version is None and (previous is None or previous.model_version is not None):
+                log.warning("no champion in the registry: serving the labelled fallback (the near-line run's "
+                            "baseline lists, popular ads for the rest; %d live ads) until one is promoted",
+                            len(index))
+            else:
+                log.info("serving bundle %s (ads %r, %d live ads; was %s)", index.model_version, index.ads_version,
+                         len(index), previous_version)
             return ReloadResult(True, index.model_version, previous_version)
 
     def start_polling(self, interval_s: float, on_tick: Callable[[], None] | None = None) -> None:
@@ -119,6 +129,8 @@ class BundleManager:
         current = self.current
         return {
             "model_version": current.model_version if current else None,
+            # what the answers rank with: the champion's lists, the fallback (no champion), or nothing yet (503)
+            "serving": None if current is None else "champion" if current.model_version else "fallback",
             "ads_version": current.ads_version if current else None,
             "live_ads": len(current) if current else 0,
             "loaded_at": self.loaded_at.isoformat() if self.loaded_at else None,

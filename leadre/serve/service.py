@@ -2,8 +2,9 @@
 
 `RegistryBundleLoader` is what makes promotion reach serving without a restart: the service polls it, it asks the
 registry which version `champion` names, and when that changes it returns a new bundle (that version + the serving
-ads file the near-line run wrote). If the registry cannot be read or the ads file is missing or broken, it raises,
-and the service keeps serving the bundle it has and reports the failure on /readyz and /admin/status.
+ads file the near-line run wrote). No champion yet is no failure: the bundle says so (model_version None) and the
+service answers with the labelled fallback. If the registry cannot be read or the ads file is missing or broken, it
+raises, and the service keeps serving the bundle it has and reports the failure on /readyz and /admin/status.
 """
 
 from __future__ import annotations
@@ -32,25 +33,24 @@ class RegistryBundleLoader:
     def __init__(self, params: Params):
         self.params = params
         self.ads_file = params.path(params.serve.ads_file)
-        self._key: tuple[str, tuple[int, int]] | None = None
+        self._key: tuple[str | None, tuple[int, int]] | None = None
         self._bundle: ServingBundle | None = None
 
     def __call__(self) -> ServingBundle:
         from leadre.registry.models import CHAMPION, alias_version
 
         champion = alias_version(self.params, CHAMPION)
-        if champion is None:
-            raise BundleError(f"{self.params.registry.model_name} has no `{CHAMPION}` version in the registry yet")
+        version = str(champion.version) if champion is not None else None
         try:
             stat = self.ads_file.stat()
         except FileNotFoundError:
             raise BundleError(f"{self.ads_file}: no serving ads file (run `leadre nearline` first)") from None
-        key = (str(champion.version), (stat.st_mtime_ns, stat.st_size))
+        key = (version, (stat.st_mtime_ns, stat.st_size))
         if key != self._key:
             ads = read_bundle(self.ads_file)
             # the champion moves first (promote), the ads file follows with the next near-line run: serve the new
             # version's name at once, with the freshest live ads there are
-            self._bundle = ServingBundle(str(champion.version), ads.ads, ads_version=ads.ads_version)
+            self._bundle = ServingBundle(version, ads.ads, ads_version=ads.ads_version)
             self._key = key
         return self._bundle
 

@@ -44,6 +44,10 @@ _ITEM_BYTES = AD_ID_DTYPE.itemsize + SCORE_DTYPE.itemsize
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 # Snapshot ids become SQLite table names and Redis key parts: keep them to a shape that is safe in both.
 SNAPSHOT_ID_PATTERN = re.compile(r"^s[0-9a-f]{12}_[0-9a-f]{8}$")
+# A snapshot no registered model ranked (the near-line job with no champion publishes a baseline's lists) is labelled
+# `fallback:<baseline>` where a model version would be: registry versions are numbers, so the two never collide, and
+# both stores, their readers and the metrics keep one string field.
+FALLBACK_PREFIX = "fallback:"
 
 
 class StoreError(UserError, ValueError):
@@ -109,6 +113,18 @@ def check_model_version(model_version: str) -> str:
     if not isinstance(model_version, str) or not model_version.strip():
         raise StoreError(f"model_version must be a non-empty string, got {model_version!r}")
     return model_version
+
+
+def fallback_label(baseline: str) -> str:
+    """The model_version label of a snapshot that holds `baseline`'s lists, not a model's."""
+    return f"{FALLBACK_PREFIX}{baseline}"
+
+
+def fallback_baseline(model_version: str | None) -> str | None:
+    """The baseline behind a fallback snapshot's label; None for a registry version (or no snapshot)."""
+    if model_version is None or not model_version.startswith(FALLBACK_PREFIX):
+        return None
+    return model_version[len(FALLBACK_PREFIX):]
 
 
 def check_created_at(created_at: datetime | None) -> datetime:

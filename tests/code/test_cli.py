@@ -98,8 +98,8 @@ SUBCOMMANDS = _subcommands()
 # the empty workspace is not an error for these: they make their own input, or have nothing to do yet
 SUCCEED_WITHOUT_INPUTS = {
     ("data", "generate"): "generates the world it needs",
-    ("nearline",): "no champion yet: a logged skip, exit 0",
     ("serve",): "serves the fallback until a champion exists (and would not return)",
+    ("status",): "a report: says what is not there yet",
 }
 
 
@@ -200,3 +200,54 @@ def test_promote_force_reaches_the_registry_or_says_it_cannot(tmp_path):
         assert "No such option" not in result.stderr and "cannot force" not in result.stderr
     else:
         _assert_one_line_error(result, "promote --force")
+
+
+# ------------------------------------------------------------------------------------------------ `leadre status`
+
+
+def test_status_after_a_failed_first_gate_says_what_happened_where_to_look_and_what_next(tmp_path, monkeypatch):
+    """What `make run` ends with on a fresh clone whose gate failed: the decision and its reason, the report, the
+    retrain's MLflow run, the labelled fallback being served, and the next command (with the doc to read)."""
+    from leadre.io import write_json
+    from leadre.serve.service import store_url
+    from leadre.serve.status import GATE_FAILED_DOC
+    from leadre.serve.store import fallback_label, open_store
+    from leadre.tracking import RETRAIN_ENV, step_run
+
+    params = write_params(tmp_path)
+    reason = "ndcg@10 0.0900 vs the itemknn's 0.0950: lift -5.26%; not above the +0.00% required"
+    write_json(params.path(params.gate.decision_file), {"passed": False, "reference": "itemknn",
+                                                        "reference_kind": "baseline", "challenger_version": "1",
+                                                        "reasons": [reason]})
+    monkeypatch.setenv(RETRAIN_ENV, "make-test")
+    with step_run(params, "evaluate") as run:
+        evaluate_run, parent = run.info.run_id, run.data.tags["mlflow.parentRunId"]
+        experiment = run.info.experiment_id
+    reports = params.path(params.evaluate.reports_dir)
+    write_json(reports / "summary.json", {"run_id": evaluate_run})
+    (reports / "report.html").write_text("<html></html>", encoding="utf-8")
+    store = open_store(store_url(params))
+    store.write_snapshot([(7, [1001, 1002], [1.0, 0.5])], fallback_label("itemknn"))
+    store.close()
+
+    result = _invoke(tmp_path, "--params", "params.yaml", "status")
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[:2] == ["gate      FAILED against the itemknn baseline: the candidate is version 1",
+                         f"          {reason}"]
+    assert "report    reports/evaluation/report.html" in lines
+    assert f"MLflow    retrain make-test: http://127.0.0.1:5000/#/experiments/{experiment}/runs/{parent}" in lines
+    assert any(line.startswith("serving   the labelled fallback: the itemknn baseline's lists (1 users")
+               for line in lines), lines
+    assert lines[-2].startswith("next      leadre serve") and GATE_FAILED_DOC in lines[-1]
+    heading = GATE_FAILED_DOC.split('"')[1]
+    assert f"## {heading}" in (Path(cli.__file__).parents[1] / "docs" / "serving.md").read_text(encoding="utf-8")
+
+
+def test_status_of_an_empty_workspace_creates_no_registry_or_store(tmp_path):
+    write_params(tmp_path)
+    result = _invoke(tmp_path, "--params", "params.yaml", "status")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines()[0].startswith("gate      no decision yet")
+    assert result.stdout.splitlines()[-1] == "next      make run"
+    assert not (tmp_path / "mlruns.db").exists() and not (tmp_path / "data" / "serving" / "candidates.sqlite").exists()
