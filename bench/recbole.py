@@ -49,6 +49,7 @@ from bench import save_results
 REPO = Path(__file__).resolve().parents[1]
 VENV = Path(os.environ.get("RECBOLE_VENV", "/tmp/recbole-venv"))
 DATASET = "leadre"
+MODELS = ("Pop", "ItemKNN", "SASRec")
 K = 10
 
 
@@ -90,7 +91,7 @@ def write_atomic(sequences: pd.DataFrame, folder: Path) -> None:
             out.write(f"{user}\t{ad}\t{ms / 1000:.3f}\n")
 
 
-def ours(sequences: pd.DataFrame, epochs: int) -> dict[str, dict[str, float]]:
+def ours(sequences: pd.DataFrame, epochs: int, models: tuple[str, ...] = MODELS) -> dict[str, dict[str, float]]:
     from leadre.config import load_params
     from leadre.evaluate.baselines import (ItemKNN, ItemKNNParams, Popularity, PopularityParams, SASRec,
                                            SASRecParams, engaged_ads)
@@ -104,18 +105,20 @@ def ours(sequences: pd.DataFrame, epochs: int) -> dict[str, dict[str, float]]:
     exclude = engaged_ads(until_test, users)  # train + valid items, as RecBole masks at test time
     candidates = np.sort(frame["ad_id"].unique())
     b = load_params(REPO / "params.yaml").evaluate.baselines
-    sasrec = SASRecParams(**{**b.sasrec.model_dump(), "epochs": epochs})
+    sasrec = SASRecParams(**{**b["sasrec"].model_dump(), "epochs": epochs})
     runs = {
         "Pop": [("ours, RecBole fit", Popularity(PopularityParams(half_life_days=None)), until_valid),
                 ("ours, as evaluate", Popularity(PopularityParams(half_life_days=None)), until_test),
-                ("ours, params.yaml", Popularity(PopularityParams(**b.popularity.model_dump())), until_test)],
+                ("ours, params.yaml", Popularity(PopularityParams(**b["popularity"].model_dump())), until_test)],
         "ItemKNN": [("ours, RecBole fit", ItemKNN(ItemKNNParams(neighbours=100, shrink=0.0)), until_valid),
                     ("ours, as evaluate", ItemKNN(ItemKNNParams(neighbours=100, shrink=0.0)), until_test),
-                    ("ours, params.yaml", ItemKNN(ItemKNNParams(**b.itemknn.model_dump())), until_test)],
+                    ("ours, params.yaml", ItemKNN(ItemKNNParams(**b["itemknn"].model_dump())), until_test)],
         "SASRec": [("ours, as evaluate", SASRec(sasrec), until_test)],
     }
     out: dict[str, dict[str, float]] = {}
     for model, variants in runs.items():
+        if model not in models:
+            continue
         for label, recommender, history in variants:
             started = time.perf_counter()
             ids = recommender.fit(history).recommend(users, K, candidates, exclude)
@@ -129,7 +132,7 @@ def ours(sequences: pd.DataFrame, epochs: int) -> dict[str, dict[str, float]]:
 RUNNER = textwrap.dedent('''
     import json, sys, time
     from recbole.quick_start import run_recbole
-    data_path, epochs = sys.argv[1], int(sys.argv[2])
+    data_path, epochs, wanted = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(",")
     common = {"data_path": data_path, "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id",
               "TIME_FIELD": "timestamp", "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
               "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full", "group_by": "user"},
@@ -149,6 +152,8 @@ RUNNER = textwrap.dedent('''
     }
     out = {}
     for model, extra in models.items():
+        if model not in wanted:
+            continue
         started = time.perf_counter()
         result = run_recbole(model=model, dataset="leadre", config_dict={**common, **extra}, saved=False)
         test = result["test_result"]
@@ -158,10 +163,10 @@ RUNNER = textwrap.dedent('''
 ''')
 
 
-def recbole(python: Path, data_path: Path, epochs: int) -> dict[str, dict[str, float]]:
+def recbole(python: Path, data_path: Path, epochs: int, models: tuple[str, ...] = MODELS) -> dict[str, dict[str, float]]:
     script = data_path / "run_recbole.py"
     script.write_text(RUNNER)
-    done = subprocess.run([str(python), str(script), str(data_path), str(epochs)], capture_output=True, text=True,
+    done = subprocess.run([str(python), str(script), str(data_path), str(epochs), ",".join(models)], capture_output=True, text=True,
                           cwd=data_path)
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if done.returncode or line is None:
@@ -190,7 +195,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.recbole", description=__doc__.split("\n")[0])
     parser.add_argument("--scale", default="tiny", help="world scale from params.yaml (tiny: seconds; default: minutes)")
     parser.add_argument("--epochs", type=int, default=25, help="SASRec epochs on both sides")
+    # RecBole's SASRec is the slow one (~8 min on the tiny world, hours at the default scale on 2 cores)
+    parser.add_argument("--models", default=",".join(MODELS), help="which of Pop,ItemKNN,SASRec to compare")
     args = parser.parse_args()
+    models = tuple(m for m in args.models.split(",") if m)
+    if unknown := set(models) - set(MODELS):
+        parser.error(f"--models: unknown {sorted(unknown)}; choose from {', '.join(MODELS)}")
 
     from leadre.config import load_params
     from leadre.data.generate import generate_world
@@ -204,8 +214,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="leadre-recbole-") as tmp:
         data_path = Path(tmp)
         write_atomic(sequences, data_path / DATASET)
-        theirs = recbole(python, data_path, args.epochs)
-    mine = ours(sequences, args.epochs)
+        mine = ours(sequences, args.epochs, models)  # first: a failure on our side costs seconds, not RecBole's minutes
+        theirs = recbole(python, data_path, args.epochs, models)
     print(report(mine, theirs))
     print(f"\nsaved {save_results('recbole', {'scale': args.scale, 'ours': mine, 'recbole': theirs})}")
 
