@@ -116,6 +116,12 @@ def step_function(name: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), function)
 
 
+def merge_function(name: str) -> Callable[..., Any]:
+    """The function that joins a shardable step's parts, called as function(params, shards)."""
+    module, function = get_step(name).merge.split(":")
+    return getattr(importlib.import_module(module), function)
+
+
 def call_step(name: str, params: Any, shard: str | None = None, merge: int | None = None) -> Any:
     """Run one step on loaded params: whole, one shard of it (`shard` = "i/n") or the merge of its `merge` shards."""
     step = get_step(name)
@@ -131,8 +137,7 @@ def call_step(name: str, params: Any, shard: str | None = None, merge: int | Non
         return step_function(name)(params, shard=Shard.parse(shard))
     if merge < 1:
         raise ShardError(f"step {name!r}: --merge {merge}: the shard count must be at least 1")
-    module, function = step.merge.split(":")
-    return getattr(importlib.import_module(module), function)(params, merge)
+    return merge_function(name)(params, merge)
 
 
 def run_step(name: str, params_file: Path | str | None = None, overrides: Mapping[str, Any] | None = None,

@@ -9,6 +9,7 @@ service filters and falls back with.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ import pandas as pd
 
 from leadre.config import Params
 from leadre.runtime import set_cpu_threads
+from leadre.sharding import Shard
 from leadre.train.model import ModelError
 
 log = logging.getLogger(__name__)
@@ -44,7 +46,8 @@ def _fusion_channel(params: Params, events: pd.DataFrame, now: pd.Timestamp):
     return make_baseline(channel, params.evaluate.baselines[channel]).fit(ad_engagements(events, now))
 
 
-def run_nearline(params: Params) -> dict[str, Any]:
+def run_nearline(params: Params, shard: Shard | None = None) -> dict[str, Any]:
+    """The near-line refresh; with `shard` (i/n) only that shard's users, staged for `merge_nearline` to publish."""
     from leadre.data.tables import read_tables
     from leadre.decode.recommender import LlmRecommender, top_k
     from leadre.prompts.build import load_sources, serving_prompts
@@ -72,6 +75,7 @@ def run_nearline(params: Params) -> dict[str, Any]:
     users = np.unique(recent["user_id"].to_numpy(np.int64))
     if cfg.max_users and len(users) > cfg.max_users:
         users = users[:cfg.max_users]
+    users = shard_users(users, shard)
     engaged = events[(events["domain"] == "ad") & events["user_id"].isin(users)]
     engaged_by_user = engaged.groupby("user_id")["object_id"].unique()
     exclude = [np.asarray(engaged_by_user.get(u, []), dtype=np.int64) for u in users] if cfg.exclude_engaged else None
@@ -105,6 +109,8 @@ def run_nearline(params: Params) -> dict[str, Any]:
             keep = row_ids >= 0
             rows.append((int(user), row_ids[keep], row_scores[keep]))
     generation_seconds = time.perf_counter() - started
+    if shard is not None:
+        return stage_shard(params, shard, rows, champion.version, started_at, generation_seconds)
 
     store = open_store(store_url(params))
     try:
@@ -118,4 +124,68 @@ def run_nearline(params: Params) -> dict[str, Any]:
                "seconds": seconds, "users_per_second": len(rows) / generation_seconds if rows else 0.0,
                "live_ads": len(live)}
     log.info("near-line: %s", summary)
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sharded runs: `leadre nearline --shard i/n` per shard (a pod each on Kubernetes), then `leadre nearline --merge n`.
+# Shards own users by a stable hash of the user id and stage their candidates in the store; the merge publishes
+# them with one swap and writes the serving ads file. Prompts and beam search are per user, so the candidates are
+# those of one unsharded run.
+
+
+def shard_users(users: np.ndarray, shard: Shard | None) -> np.ndarray:
+    """The active users a shard owns (all of them unsharded); chosen after `max_users`, as one run chooses."""
+    return users if shard is None else users[shard.owns(users)]
+
+
+def staging_name(params: Params, model_version: str, shards: int) -> str:
+    """The staged snapshot's name, the same in every shard and the merge of one run: a hash of what makes the run
+    (model, version, data snapshot, shard count). A merge after the champion changed finds no parts: it fails
+    and publishes nothing, rather than mixing two models' candidates."""
+    key = "|".join([params.registry.model_name, model_version, str(params.data.snapshot_time), str(shards)])
+    return "nl_" + hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def stage_shard(params: Params, shard: Shard, rows: list, model_version: str, started_at: datetime,
+                generation_seconds: float) -> dict[str, Any]:
+    from leadre.serve.service import store_url
+    from leadre.serve.store import open_store
+
+    store = open_store(store_url(params))
+    try:
+        users = store.stage_part(staging_name(params, model_version, shard.count), shard.index, shard.count, rows,
+                                 model_version, created_at=started_at)
+    finally:
+        store.close()
+    summary = {"shard": str(shard), "users": users, "model_version": model_version,
+               "users_per_second": users / generation_seconds if users else 0.0}
+    log.info("near-line shard %s: %s", shard, summary)
+    return summary
+
+
+def merge_nearline(params: Params, shards: int) -> dict[str, Any]:
+    """Publish the candidates the `shards` shards staged (one swap) and write the serving ads file."""
+    from leadre.data.tables import read_tables
+    from leadre.registry.models import champion_bundle
+    from leadre.serve.bundle import ServingBundle, write_bundle
+    from leadre.serve.service import store_url
+    from leadre.serve.store import open_store
+
+    started = time.perf_counter()
+    champion = champion_bundle(params)
+    if champion is None:  # the shards had nothing to stage either: the unsharded step says what happens then
+        return run_nearline(params)
+    tables = read_tables(params.path(params.data.validated_dir), names=("ads", "events"))
+    live = serving_ads(params, tables["ads"], tables["events"], pd.Timestamp(params.data.snapshot_time))
+    store = open_store(store_url(params))
+    try:
+        info = store.publish_staged(staging_name(params, champion.version, shards), shards)
+    finally:
+        store.close()
+    write_bundle(params.path(params.serve.ads_file), ServingBundle(champion.version, live,
+                                                                    ads_version=info.snapshot_id))
+    summary = {"users": info.users, "model_version": champion.version, "snapshot_id": info.snapshot_id,
+               "shards": shards, "seconds": time.perf_counter() - started, "live_ads": len(live)}
+    log.info("near-line merge: %s", summary)
     return summary
