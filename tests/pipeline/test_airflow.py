@@ -27,9 +27,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 
+from leadre.config import load_params
 from leadre.orchestration import dag_support as ds
 from leadre.orchestration import pods
 from leadre.steps import STEPS
@@ -531,13 +533,19 @@ def test_failure_report_says_where_to_look(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ end to end
 
+# The end-to-end run also fans the data steps out: 3 shards each (several chunks of users, so every prompts shard
+# has some), and the test then checks the outputs equal one unsharded run's.
+SHARDED_CONF: dict[str, Any] = {**TINY_CONF, "sids_shards": 3, "prompts_shards": 3, "nearline_shards": 3,
+                                "overrides": {**TINY_CONF["overrides"], "prompts.users_per_chunk": 40}}
+
+
 @pytest.mark.slow
 def test_dag_test_runs_the_whole_retrain_on_the_tiny_world(tmp_path, prepared_data):
     workspace = tmp_path / "workspace"
     prepared_workspace(workspace, prepared_data)
     params_file = workspace / "params.yaml"
     started = time.perf_counter()
-    run = run_dag_test(tmp_path / "airflow", DAGS, TINY_CONF, timeout=1800,
+    run = run_dag_test(tmp_path / "airflow", DAGS, SHARDED_CONF, timeout=1800,
                           env={"LEADRE_PARAMS": str(params_file), "LEADRE_RETRIES": "0"})
     seconds = time.perf_counter() - started
     states = {step: task["state"] for step, task in run["tasks"].items()}
@@ -554,6 +562,47 @@ def test_dag_test_runs_the_whole_retrain_on_the_tiny_world(tmp_path, prepared_da
     champion = champion_version(params_file)
     assert champion is not None, "no `champion` alias after a passed gate and promote"
     print(f"dag.test retrain: {seconds:.0f} s")
+    assert run["tasks"]["prompts_shard"]["map_indexes"] == [0, 1, 2]  # the form's count, one mapped task each
+    assert_same_as_one_shard(load_params(params_file, ds.overrides_from_params(SHARDED_CONF)), tmp_path / "one")
+
+
+def assert_same_as_one_shard(params, scratch: Path) -> None:
+    """S-IDs, prompts and the candidate store the 3-shard run left equal what one unsharded run writes."""
+    from leadre.data.tables import read_tables
+    from leadre.prompts.build import run_build_prompts
+    from leadre.serve.nearline import run_nearline
+    from leadre.serve.service import store_url
+    from leadre.serve.store import open_store
+    from leadre.sids.build import run_build_sids
+
+    def files(folder: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+    one = params.model_copy(update={
+        "sids": params.sids.model_copy(update={"out_dir": scratch / "sids",
+                                               "embeddings_cache": scratch / "embeddings"}),
+        "prompts": params.prompts.model_copy(update={"out_dir": scratch / "prompts"})})
+    run_build_sids(one)
+    assert files(params.path(params.sids.out_dir)) == files(scratch / "sids")
+    run_build_prompts(one)
+    assert files(params.path(params.prompts.out_dir)) == files(scratch / "prompts")
+
+    users = read_tables(params.path(params.data.validated_dir), names=("users",))["users"]["user_id"].tolist()
+    store = open_store(store_url(params))
+    try:
+        def snapshot() -> dict[int, tuple]:
+            found = {u: store.get(u) for u in users}
+            return {u: (c.ad_ids.tolist(), c.model_version, c.scores) for u, c in found.items() if c is not None}
+
+        sharded = snapshot()
+        run_nearline(params)  # unsharded, the same champion: a new snapshot replaces the sharded one
+        unsharded = snapshot()
+    finally:
+        store.close()
+    assert sharded and sharded.keys() == unsharded.keys()
+    for user, (ads, version, scores) in unsharded.items():
+        assert (sharded[user][0], sharded[user][1]) == (ads, version), user
+        np.testing.assert_allclose(sharded[user][2], scores, rtol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------ REST API
