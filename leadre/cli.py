@@ -369,8 +369,10 @@ def nearline(shard: ShardOption = None, merge: MergeOption = None) -> None:
     if "skipped" in summary:
         typer.echo(f"near-line skipped: {summary['skipped']}")
         return
+    # a merge generated nothing itself: it names its shards instead of a rate
+    rate = f"{summary['shards']} shards" if "shards" in summary else f"{summary['users_per_second']:.1f} users/s"
     typer.echo(f"near-line: {summary['users']} users from model version {summary['model_version']} "
-               f"({summary['users_per_second']:.1f} users/s), snapshot {summary['snapshot_id']}")
+               f"({rate}), snapshot {summary['snapshot_id']}")
 
 
 STEP_COMMANDS: dict[str, Any] = {
