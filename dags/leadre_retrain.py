@@ -12,6 +12,9 @@ as `leadre <step>` and `dvc repro`; nothing here re-implements a step.
 * **Runner** (`orchestration.runner` in params.yaml, `$LEADRE_RUNNER` wins; read when the DAG is parsed):
   `local` runs each step in the Airflow worker; `kubernetes` runs each step as a pod of the project's image
   (`leadre/orchestration/pods.py`; GPU pods for sft, dpo and nearline).
+* **Shards**: sids, prompts and nearline fan out: `<step>_shards` plans the count (`orchestration.shards.<step>`
+  or the form's "Scale" fields), `<step>_shard` is mapped over it (dynamic task mapping; a pod each under
+  kubernetes), and the task named after the step merges the parts. Same output for any count.
 * **Form**: empty fields keep params.yaml's value; `overrides` takes any other dotted key (`{"sft.batch_size": 8}`).
 * **Where to look when a step fails**: its task log starts with a report naming the try, the log URL, the MLflow
   runs (one parent run per DAG run, tagged `leadre.retrain_id` = the run id, one nested run per step) and the
@@ -23,7 +26,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from pathlib import Path
 
-from airflow.sdk import chain, dag, task
+from airflow.sdk import dag, task
 
 from leadre.orchestration import dag_support as ds
 from leadre.steps import STEPS
@@ -41,6 +44,27 @@ def local_step(step: str):
         return ds.run_local_step(step, DEFAULT_PARAMS)
 
     return run_step()
+
+
+def sharded_local_step(step: str):
+    """A data-parallel step: plan the run's shard count, one mapped task per shard, then the merge (named `step`)."""
+
+    @task(task_id=ds.shard_plan_id(step), **ds.shard_plan_kwargs(step, SETTINGS))
+    def plan() -> list[str]:
+        return ds.local_shards(step, DEFAULT_PARAMS)
+
+    @task(task_id=ds.shard_task_id(step), **ds.shard_task_kwargs(step, SETTINGS))
+    def run_shard(shard: str) -> dict:
+        return ds.run_local_step(step, DEFAULT_PARAMS, shard=shard)
+
+    @task(task_id=step, **ds.shard_task_kwargs(step, SETTINGS) | {"doc_md": STEPS[step].doc})
+    def merge(shards: list[str]) -> dict:
+        return ds.run_local_step(step, DEFAULT_PARAMS, merge=len(shards))
+
+    shards = plan()
+    merged = merge(shards)
+    run_shard.expand(shard=shards) >> merged
+    return shards, merged
 
 
 def local_gate():
@@ -75,11 +99,31 @@ def leadre_retrain():
         from leadre.orchestration.pods import KubernetesRunnerSettings
 
         pod_settings = KubernetesRunnerSettings.from_env()
-        tasks = [KubernetesPodOperator(task_id=step, **ds.pod_task_kwargs(step, SETTINGS, pod_settings))
-                 for step in STEPS]
+
+        def pod_step(step: str):
+            merged = KubernetesPodOperator(task_id=step, **ds.pod_task_kwargs(step, SETTINGS, pod_settings))
+            if not STEPS[step].shardable:
+                return merged, merged
+            # one pod per shard; the plan runs in the worker (light: params and the form)
+            @task(task_id=ds.shard_plan_id(step), **ds.shard_plan_kwargs(step, SETTINGS))
+            def plan() -> list[list[str]]:
+                return ds.pod_shard_arguments(step, DEFAULT_PARAMS, pod_settings)
+
+            shards = plan()
+            mapped = KubernetesPodOperator.partial(task_id=ds.shard_task_id(step),
+                                                   **ds.shard_pod_kwargs(step, SETTINGS, pod_settings))
+            mapped.expand(arguments=shards) >> merged
+            shards >> merged  # the merge pod reads the plan (its shard count), as the local merge task does
+            return shards, merged
+
+        steps = [pod_step(step) for step in STEPS]
     else:
-        tasks = [local_gate() if step == ds.GATE else local_step(step) for step in STEPS]
-    chain(*tasks)
+        steps = [local_gate() if step == ds.GATE else sharded_local_step(step) if STEPS[step].shardable
+                 else local_step(step) for step in STEPS]
+    # (first, last) task of each step; a plain step is both
+    ends = [step if isinstance(step, tuple) else (step, step) for step in steps]
+    for (_, last), (first, _) in zip(ends, ends[1:]):
+        last >> first
 
 
 leadre_retrain()

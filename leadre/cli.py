@@ -284,16 +284,35 @@ def data_validate(
     typer.echo(f"validation passed: {expectations} expectations over {rows}")
 
 
-def sids_build() -> None:
-    params = current_params()
-    report = _step("sids")(params)
+ShardOption = Annotated[str | None, typer.Option(
+    "--shard", metavar="I/N", help="run only shard I of N (from 0; users or ads by a stable hash of the id) and "
+                                   "leave its part for --merge")]
+MergeOption = Annotated[int | None, typer.Option("--merge", metavar="N", help="join the parts of the N shards "
+                                                                              "into the step's output")]
+
+
+def _run_step(name: str, shard: str | None = None, merge: int | None = None) -> Any:
+    """The step whole, one shard of it (whose summary is echoed here: it is no finished output) or its merge."""
+    from leadre.steps import call_step
+
+    summary = call_step(name, current_params(), shard, merge)
+    if shard is not None:
+        typer.echo(f"{name} shard {shard}: {json.dumps(summary, default=str)}")
+    return summary
+
+
+def sids_build(shard: ShardOption = None, merge: MergeOption = None) -> None:
+    report = _run_step("sids", shard, merge)
+    if shard is not None:
+        return
     typer.echo(f"semantic IDs built: {report['ads']} ads, collision rate before disambiguation "
                f"{report['collision_rate']:.2%}")
 
 
-def prompts_build() -> None:
-    params = current_params()
-    card = _step("prompts")(params)
+def prompts_build(shard: ShardOption = None, merge: MergeOption = None) -> None:
+    card = _run_step("prompts", shard, merge)
+    if shard is not None:
+        return
     typer.echo(f"prompts built: {card['counts']}")
 
 
@@ -351,13 +370,15 @@ def promote(
         typer.echo(f"not promoted: the gate failed; champion stays {result['champion']}")
 
 
-def nearline() -> None:
-    params = current_params()
-    summary = _step("nearline")(params)
+def nearline(shard: ShardOption = None, merge: MergeOption = None) -> None:
+    summary = _run_step("nearline", shard, merge)
+    if shard is not None:
+        return
     ranker = (f"model version {summary['model_version']}" if summary["model_version"] is not None
               else f"the labelled fallback {summary['source']} (no champion yet)")
-    typer.echo(f"near-line: {summary['users']} users from {ranker} ({summary['users_per_second']:.1f} users/s), "
-               f"snapshot {summary['snapshot_id']}")
+    # a merge generated nothing itself: it names its shards instead of a rate
+    rate = f"{summary['shards']} shards" if "shards" in summary else f"{summary['users_per_second']:.1f} users/s"
+    typer.echo(f"near-line: {summary['users']} users from {ranker} ({rate}), snapshot {summary['snapshot_id']}")
 
 
 STEP_COMMANDS: dict[str, Any] = {

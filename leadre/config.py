@@ -387,6 +387,14 @@ class ServeParams(_Section):
     max_headers: int = Field(ge=8)
 
 
+class ShardCounts(_Section):
+    """Processes (pods on Kubernetes) each data-parallel step runs as; 1: one, as `leadre <step>` by hand."""
+
+    sids: int = Field(ge=1, le=1024)
+    prompts: int = Field(ge=1, le=1024)
+    nearline: int = Field(ge=1, le=1024)
+
+
 class OrchestrationParams(_Section):
     """The Airflow DAG's settings; $LEADRE_RUNNER, $LEADRE_RETRIES and $LEADRE_SCHEDULE override them."""
 
@@ -398,6 +406,7 @@ class OrchestrationParams(_Section):
     max_retry_delay_minutes: float = Field(gt=0)
     # per step, overriding the defaults in leadre/steps.py; filled in with those, so every step has one
     execution_timeout_minutes: dict[str, float]
+    shards: ShardCounts  # the trigger form's shard fields override these per run
 
     @field_validator("execution_timeout_minutes")
     @classmethod

@@ -7,6 +7,8 @@ one-line doc (the command's help and the DAG task's doc), what it reads and writ
 (`orchestration.execution_timeout_minutes` in params.yaml overrides that). Every function takes a `Params` and
 returns a JSON-able summary; the gate's summary carries `passed`, which decides whether promotion runs.
 
+A shardable step (`merge` set: sids, prompts, nearline) also runs as `--shard i/n` processes, then `--merge n`.
+
 Adding a step: its module, one row here, its `dvc.yaml` stage (and its params section, if it has settings).
 
 Light on purpose: only the standard library.
@@ -36,6 +38,14 @@ class Step:
     timeout_minutes: float = 60
     in_dvc: bool = True  # False: the step writes outside the repository (a store), so `dvc repro` does not run it
     after_skip: bool = False  # also runs when an upstream step was skipped (not after a failure)
+    # Data-parallel: "module:function" called as function(params, shards) to merge the parts the step's shards
+    # wrote (the step function then takes `shard=Shard(i, n)`); the DAG maps one task per shard, then merges.
+    # Empty: the step runs as one process. `orchestration.shards.<step>` in params.yaml sets n.
+    merge: str = ""
+
+    @property
+    def shardable(self) -> bool:
+        return bool(self.merge)
 
     @property
     def command_line(self) -> str:
@@ -52,12 +62,13 @@ _ROWS = (
     Step("sids", "leadre.sids.build:run_build_sids", ("sids", "build"),
          "Semantic IDs: embed ad texts, train residual codebooks, give every ad a unique S-ID (sids.out_dir).",
          params=("sids",), inputs=("${data.validated_dir}", "leadre/sids"),
-         outputs=("${sids.out_dir}", "${sids.embeddings_cache}"), timeout_minutes=90),
+         outputs=("${sids.out_dir}", "${sids.embeddings_cache}"), timeout_minutes=90,
+         merge="leadre.sids.build:merge_sids"),
     Step("prompts", "leadre.prompts.build:run_build_prompts", ("prompts", "build"),
          "Build the SFT mixture (main + auxiliary tasks), the DPO pairs and the evaluation prompts (prompts.out_dir).",
          params=("data.snapshot_time", "evaluate.protocol", "prompts"),
          inputs=("${data.validated_dir}", "${sids.out_dir}", "leadre/prompts"),
-         outputs=("${prompts.out_dir}",), timeout_minutes=90),
+         outputs=("${prompts.out_dir}",), timeout_minutes=90, merge="leadre.prompts.build:merge_prompts"),
     Step("sft", "leadre.train.sft:run_sft", ("sft",),
          "Supervised fine-tuning (TRL SFTTrainer) on the main + auxiliary tasks; the model goes to sft.out_dir.",
          params=("model", "sft"), inputs=("${prompts.out_dir}", "${sids.out_dir}", "leadre/train"),
@@ -87,7 +98,8 @@ _ROWS = (
     Step("nearline", "leadre.serve.nearline:run_nearline", ("nearline",),
          "Near-line refresh: the champion's top-N live ads for every active user, published to the candidate store "
          "(runs whether or not promote ran).",
-         outputs=("${serve.ads_file}",), gpu=True, timeout_minutes=240, in_dvc=False, after_skip=True),
+         outputs=("${serve.ads_file}",), gpu=True, timeout_minutes=240, in_dvc=False, after_skip=True,
+         merge="leadre.serve.nearline:merge_nearline"),
 )
 # Ordered: the retrain runs the steps in this order. Tests add a row with `monkeypatch.setitem`.
 STEPS: dict[str, Step] = {step.name: step for step in _ROWS}
@@ -104,11 +116,37 @@ def step_function(name: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), function)
 
 
-def run_step(name: str, params_file: Path | str | None = None, overrides: Mapping[str, Any] | None = None) -> Any:
-    """Load params (file + dotted overrides, as `leadre -S`) and run one step; returns the step's summary."""
+def merge_function(name: str) -> Callable[..., Any]:
+    """The function that joins a shardable step's parts, called as function(params, shards)."""
+    module, function = get_step(name).merge.split(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def call_step(name: str, params: Any, shard: str | None = None, merge: int | None = None) -> Any:
+    """Run one step on loaded params: whole, one shard of it (`shard` = "i/n") or the merge of its `merge` shards."""
+    step = get_step(name)
+    if shard is None and merge is None:
+        return step_function(name)(params)
+    from leadre.sharding import Shard, ShardError
+
+    if not step.shardable:
+        raise ShardError(f"step {name!r} runs as one process: it takes neither --shard nor --merge")
+    if shard is not None and merge is not None:
+        raise ShardError(f"step {name!r}: --shard runs one shard, --merge joins them; give one of the two")
+    if shard is not None:
+        return step_function(name)(params, shard=Shard.parse(shard))
+    if merge < 1:
+        raise ShardError(f"step {name!r}: --merge {merge}: the shard count must be at least 1")
+    return merge_function(name)(params, merge)
+
+
+def run_step(name: str, params_file: Path | str | None = None, overrides: Mapping[str, Any] | None = None,
+             shard: str | None = None, merge: int | None = None) -> Any:
+    """Load params (file + dotted overrides, as `leadre -S`) and run one step, or one shard of it or its merge;
+    returns the step's summary."""
     from leadre.config import load_params
 
-    return step_function(name)(load_params(params_file, dict(overrides or {})))
+    return call_step(name, load_params(params_file, dict(overrides or {})), shard, merge)
 
 
 _REFERENCE = re.compile(r"\$\{([^}]+)\}")

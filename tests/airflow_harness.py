@@ -74,6 +74,13 @@ with create_session() as session:
         "tasks": {ti.task_id: {"state": str(ti.state), "try_number": ti.try_number, "start_date": iso(ti.start_date),
                                "end_date": iso(ti.end_date), "duration": ti.duration} for ti in tis},
     }
+    # a mapped task has one instance per map index: its state is the worst of them, and its indexes are listed
+    for ti in sorted(tis, key=lambda ti: ti.map_index):
+        if ti.map_index >= 0:
+            task = result["tasks"][ti.task_id]
+            task.setdefault("map_indexes", []).append(ti.map_index)
+            if str(ti.state) != "success":
+                task["state"] = str(ti.state)
 print("LEADRE_DAG_TEST " + json.dumps(result), flush=True)
 """
 

@@ -164,6 +164,12 @@ FORM: Mapping[str, FormField] = {
         ("data.source_dir",), "Data source folder",
         "What validation reads: data/generated or data/imported (relative to params.yaml).",
         {"type": _STRING, "minLength": 1}, section="Data"),
+    **{f"{step}_shards": FormField(
+        (f"orchestration.shards.{step}",), f"{step} shards",
+        f"Parallel tasks (pods on Kubernetes) of `{step}`, each a share of the "
+        f"{'ads' if step == 'sids' else 'users'}; the output is the same for any count.",
+        {"type": _INTEGER, "minimum": 1, "maximum": 1024}, section="Scale")
+       for step in ("sids", "prompts", "nearline")},
 }
 OVERRIDES_FIELD = "overrides"
 
@@ -252,7 +258,7 @@ def quiet_library_logs() -> None:
     os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
 
 
-def run_local_step(step: str, default_params: Path | str) -> Any:
+def run_local_step(step: str, default_params: Path | str, shard: str | None = None, merge: int | None = None) -> Any:
     """The body of a local-runner task: `leadre.steps.run_step` (the CLI's and DVC's code) with the form's overrides.
 
     LEADRE_RETRAIN_ID is the DAG run id, so every step's MLflow run nests under one parent run per retrain.
@@ -272,7 +278,7 @@ def run_local_step(step: str, default_params: Path | str) -> Any:
     log.info("step %s: params %s, overrides %s, retrain %s", step, path, overrides or "none", context["run_id"])
     try:
         with _env(RETRAIN_ENV, context["run_id"]):
-            summary = run_step(step, path, overrides)
+            summary = run_step(step, path, overrides, shard=shard, merge=merge)
     except UserError as err:
         raise AirflowFailException(f"{step}: {err}") from err
     return jsonable(summary)
@@ -317,7 +323,11 @@ def pod_task_kwargs(step: str, settings: OrchestrationSettings, k8s_settings: An
     kwargs = pod_operator_kwargs(step, k8s_settings, extra_args=extra)
     kwargs.update(step_task_kwargs(step, settings))
     kwargs["do_xcom_push"] = step == GATE
-    kwargs["pre_execute"] = _ArgumentsHook(step, tuple(kwargs["arguments"]))
+    merge_from = None
+    if get_step(step).shardable:  # the merge pod (`--merge n`), after its shards: the plan applied the trigger rule
+        merge_from = shard_plan_id(step)
+        kwargs.pop("trigger_rule", None)
+    kwargs["pre_execute"] = _ArgumentsHook(step, tuple(kwargs["arguments"]), merge_from)
     if step == GATE:
         kwargs["post_execute"] = gate_pod_decision
     return kwargs
@@ -329,10 +339,12 @@ class _ArgumentsHook:
 
     step: str
     arguments: tuple[str, ...]  # as built at parse time: a retry in the same process starts from these again
+    merge_from: str | None = None  # a sharded step's plan task: the merge pod joins as many shards as it planned
 
     def __call__(self, context: Mapping[str, Any]) -> None:
         task = context["task"]
-        task.arguments = pod_arguments(list(self.arguments), overrides_from_params(context["params"]))
+        merge = ("--merge", str(len(context["ti"].xcom_pull(task_ids=self.merge_from)))) if self.merge_from else ()
+        task.arguments = pod_arguments([*self.arguments, *merge], overrides_from_params(context["params"]))
         log.info("step %s: pod runs leadre %s", self.step, " ".join(task.arguments))
 
 
@@ -358,6 +370,74 @@ def gate_pod_decision(context: Mapping[str, Any], result: Any) -> None:
     skipper = SkipMixin()
     skipper.task_id = task.task_id  # records the skip in XCom, so clearing promote alone skips it again
     skipper.skip(ti=ti, tasks=[t for t in task.get_direct_relatives(upstream=False) if t.task_id == PROMOTE])
+
+
+# ------------------------------------------------------------------------------------------------ sharded steps
+# A shardable step (leadre/steps.py: `merge` set) becomes three tasks: `<step>_shards` plans the run's shard count
+# (params.yaml's orchestration.shards.<step>, or the form's), `<step>_shard` is mapped over the plan (one task, or
+# one pod, per shard: `--shard i/n`) and `<step>` merges (`--merge n`). The count is read when the run starts, so
+# the form can change it without a redeploy: that is what Airflow's dynamic task mapping is for.
+
+def shard_plan_id(step: str) -> str:
+    return f"{step}_shards"
+
+
+def shard_task_id(step: str) -> str:
+    return f"{step}_shard"
+
+
+def shard_count(step: str, default_params: Path | str) -> int:
+    """The running DAG run's shard count of `step`: params.yaml with the form's overrides, as the steps read it."""
+    from airflow.sdk import get_current_context
+
+    from leadre.config import load_params
+
+    overrides = overrides_from_params(get_current_context()["params"])
+    return getattr(load_params(params_file(default_params), overrides).orchestration.shards, step)
+
+
+def local_shards(step: str, default_params: Path | str) -> list[str]:
+    """The plan task of the local runner: ["0/n", …, "n-1/n"], one mapped task each."""
+    count = shard_count(step, default_params)
+    log.info("step %s: %d shard(s)", step, count)
+    return [f"{i}/{count}" for i in range(count)]
+
+
+def pod_shard_arguments(step: str, default_params: Path | str, k8s_settings: Any = None) -> list[list[str]]:
+    """The plan task of the Kubernetes runner: each shard pod's `leadre` arguments, the form's overrides included."""
+    from airflow.sdk import get_current_context
+
+    from leadre.orchestration.pods import shard_arguments
+
+    overrides = overrides_from_params(get_current_context()["params"])
+    return [pod_arguments(arguments, overrides)
+            for arguments in shard_arguments(step, shard_count(step, default_params), k8s_settings)]
+
+
+def shard_plan_kwargs(step: str, settings: OrchestrationSettings) -> dict[str, Any]:
+    """The plan task runs when the step would (its trigger rule), in seconds."""
+    kwargs = step_task_kwargs(step, settings)
+    kwargs["doc_md"] = f"How many shards `{step}` runs as in this DAG run (orchestration.shards.{step} or the form)."
+    return kwargs
+
+
+def shard_task_kwargs(step: str, settings: OrchestrationSettings) -> dict[str, Any]:
+    kwargs = step_task_kwargs(step, settings)
+    kwargs.pop("trigger_rule", None)  # after the plan, which already applied the step's rule
+    kwargs["doc_md"] = f"One shard of `{step}` (`--shard i/n`): " + kwargs["doc_md"]
+    return kwargs
+
+
+def shard_pod_kwargs(step: str, settings: OrchestrationSettings, k8s_settings: Any = None) -> dict[str, Any]:
+    """`KubernetesPodOperator.partial(task_id=shard_task_id(step), **kwargs).expand(arguments=<plan>)`."""
+    from leadre.orchestration.pods import KubernetesRunnerSettings, pod_operator_kwargs
+
+    kwargs = pod_operator_kwargs(step, k8s_settings or KubernetesRunnerSettings.from_env())
+    del kwargs["arguments"]  # mapped: each pod's come from the plan
+    kwargs["name"] = f"leadre-{step}-shard"
+    kwargs.update(shard_task_kwargs(step, settings))
+    kwargs["do_xcom_push"] = False
+    return kwargs
 
 
 # ------------------------------------------------------------------------------------------------ callbacks

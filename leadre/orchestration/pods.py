@@ -177,6 +177,14 @@ def step_arguments(step: str, settings: KubernetesRunnerSettings | None = None,
     return ["--params", settings.params_file, *STEPS[step].command, *extra_args]
 
 
+def shard_arguments(step: str, shards: int, settings: KubernetesRunnerSettings | None = None) -> list[list[str]]:
+    """The arguments of a shardable step's `shards` pods, one per shard (`--shard i/n`); the merge pod runs the
+    step's own arguments plus `--merge n`. Every shard pod is the step's pod otherwise (GPU or not, volumes)."""
+    if not STEPS[step].merge:
+        raise ValueError(f"step {step!r} is not shardable (leadre/steps.py: no merge)")
+    return [step_arguments(step, settings, ("--shard", f"{i}/{shards}")) for i in range(shards)]
+
+
 def pod_operator_kwargs(step: str, settings: KubernetesRunnerSettings | None = None, *,
                         extra_args: Sequence[str] = (), extra_env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Keyword arguments for `KubernetesPodOperator(task_id=..., **kwargs)` running one pipeline step.

@@ -9,13 +9,17 @@
                          makes `datasets.load_dataset(out_dir, "sft")` (or "dpo") work offline
     card.json            the card's numbers, for DVC and MLflow
 
-Each folder holds Parquet parts, one per chunk of `users_per_chunk` users (plus `part-aux` for the auxiliary
-tasks): chunks are built concurrently by `workers` threads and memory stays bounded at any number of users.
+Each folder holds Parquet parts, one per chunk of about `users_per_chunk` users (plus `part-aux` for the auxiliary
+tasks): chunks are built concurrently by `workers` threads and memory stays bounded at any number of users. A user's
+chunk is a stable hash of the user id (leadre/sharding.py), so `--shard i/n` builds the chunks i, i + n, … into
+`<out_dir>.shards/` and `merge_prompts` links them into out_dir: the same bytes as one unsharded run.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,11 +33,12 @@ import yaml
 
 from leadre.config import Params, PromptParams
 from leadre.data.tables import DataError, Finding, read_tables
-from leadre.io import atomic_dir, write_json
+from leadre.io import atomic_dir, read_json, write_json
 from leadre.prompts import alignment
 from leadre.prompts.pairs import SPLITS, EventLog, Pairs, select_pairs
 from leadre.prompts.render import Catalogue, Rendered, render
 from leadre.prompts.tokens import TokenCounter
+from leadre.sharding import ALL, Shard, bucket_of, parts_dir, shard_dirs
 from leadre.sids.build import load_sid_table
 
 log = logging.getLogger(__name__)
@@ -131,12 +136,9 @@ class PromptSources:
     catalogue: Catalogue
 
 
-def load_sources(params: Params, tables: dict[str, pd.DataFrame] | None = None) -> PromptSources:
-    """From the validated tables (read here unless the caller already has them; their events frame is consumed)."""
-    settings = params.prompts
-    tables = read_tables(params.path(params.data.validated_dir)) if tables is None else tables
+def _ad_sids(params: Params, ads: pd.DataFrame) -> np.ndarray:
+    """Each ads row's S-ID string; an ad without one is a DataError naming it."""
     sid_table = load_sid_table(params.path(params.sids.out_dir))
-    ads = tables["ads"]
     ad_sid = pd.Series(sid_table["sid"].to_numpy(), index=sid_table["ad_id"]).reindex(ads["ad_id"])
     if ad_sid.isna().any():
         missing = np.flatnonzero(ad_sid.isna().to_numpy())
@@ -145,7 +147,15 @@ def load_sources(params: Params, tables: dict[str, pd.DataFrame] | None = None) 
                                  rows=[int(r) + 1 for r in missing[:5]],
                                  examples=[f"ad_id={ads['ad_id'].iloc[r]}" for r in missing[:5]],
                                  detail="run `leadre sids assign` for new ads")])
-    ad_sid = ad_sid.astype(str).to_numpy()
+    return ad_sid.astype(str).to_numpy()
+
+
+def load_sources(params: Params, tables: dict[str, pd.DataFrame] | None = None) -> PromptSources:
+    """From the validated tables (read here unless the caller already has them; their events frame is consumed)."""
+    settings = params.prompts
+    tables = read_tables(params.path(params.data.validated_dir)) if tables is None else tables
+    ads = tables["ads"]
+    ad_sid = _ad_sids(params, ads)
 
     event_log_, texts_title = event_log(tables)
     del tables["events"]  # now arrays in the event log; the frame would double the largest table in memory
@@ -168,8 +178,56 @@ def serving_prompts(params: Params, sources: PromptSources, user_ids: np.ndarray
     return [[{"role": "user", "content": text}] for text in shown.user_message.to_pylist()]
 
 
-def run_build_prompts(params: Params) -> dict:
+def run_build_prompts(params: Params, shard: Shard | None = None) -> dict:
+    """Build the datasets into prompts.out_dir; with `shard` (i/n), only that shard's chunks of users, into a parts
+    folder beside it that `merge_prompts` turns into prompts.out_dir (the same bytes as one unsharded run)."""
     started = time.perf_counter()
+    out_dir = params.path(params.prompts.out_dir)
+    if shard is not None:
+        with atomic_dir(parts_dir(out_dir) / shard.name) as tmp:
+            chunks, _, _ = _build_chunks(params, shard, tmp)
+            _write_chunk_stats(tmp, chunks)
+        summary = {"shard": str(shard), "chunks": len(chunks), "counts": _sum_rows(chunks),
+                   "seconds": round(time.perf_counter() - started, 2)}
+        log.info("prompts shard %s: %s", shard, summary)
+        return summary
+    with atomic_dir(out_dir) as tmp:
+        chunks, ads, ad_sid = _build_chunks(params, ALL, tmp)
+        card = _finish(tmp, chunks, ads, ad_sid, params.prompts)
+    return _done(card, started)
+
+
+def merge_prompts(params: Params, shards: int) -> dict:
+    """prompts.out_dir from the parts of `shards` shards (`leadre prompts build --shard i/n`): their chunk files are
+    hard-linked in, the auxiliary tasks and the dataset card written over all of them; then the parts go."""
+    started = time.perf_counter()
+    out_dir = params.path(params.prompts.out_dir)
+    folders = shard_dirs(out_dir, shards)
+    ads = read_tables(params.path(params.data.validated_dir), names=("ads",))["ads"]
+    ad_sid = _ad_sids(params, ads)
+    with atomic_dir(out_dir) as tmp:
+        chunks = []
+        for folder in folders:
+            chunks += _read_chunk_stats(folder)
+            for part in sorted(folder.rglob("*.parquet")):
+                target = tmp / part.relative_to(folder)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.link(part, target)  # a link, not a move: a failed merge leaves the shards' parts as they were
+        chunks.sort(key=lambda chunk: chunk["chunk"])  # the unsharded run's order, so the card is the same bytes
+        card = _finish(tmp, chunks, ads, ad_sid, params.prompts)
+    shutil.rmtree(parts_dir(out_dir), ignore_errors=True)
+    card = _done(card, started)
+    card["shards"] = shards
+    return card
+
+
+def _build_chunks(params: Params, shard: Shard, out: Path) -> tuple[list[dict], pd.DataFrame, np.ndarray]:
+    """Render and write the chunks of users `shard` owns; returns each chunk's numbers for the card.
+
+    Pairs are selected over all users, as one run selects them (the seeded draws are one stream over users, and
+    selection is cheap next to rendering); a user's chunk is a hash of the user id into a number of chunks fixed by
+    the users table alone, and a chunk's draws are seeded by its number: no output depends on the shard count.
+    """
     settings = params.prompts
     rng = np.random.default_rng(settings.seed)  # pair selection; each chunk has its own stream
     sources = load_sources(params)
@@ -184,37 +242,81 @@ def run_build_prompts(params: Params) -> dict:
     user_ids = tables["users"]["user_id"].to_numpy()
     ad_ids = ads["ad_id"].to_numpy()
 
-    out_dir = params.path(settings.out_dir)
-    with atomic_dir(out_dir) as tmp:
-        context = _Context(event_log_, catalogue, settings, ads, ad_sid, ad_ids, user_ids, intents, tmp)
-        chunk_of_pair = pairs.user // settings.users_per_chunk
-        chunks = [(int(c), pairs.take(np.flatnonzero(chunk_of_pair == c))) for c in np.unique(chunk_of_pair)]
-        # numpy, pyarrow kernels and Parquet writes release the GIL: threads share the event log without copies.
-        with ThreadPoolExecutor(max_workers=settings.workers) as pool:
-            results = list(pool.map(lambda chunk: _build_chunk(context, *chunk), chunks))
-        rows = {}
-        for result in results:
-            for name, n in result["rows"].items():
-                rows[name] = rows.get(name, 0) + n
-        tokens = {split: [t for r in results for t in r["tokens"][split]] for split in SPLITS}
-        events = {split: [e for r in results for e in r["events"][split]] for split in SPLITS}
-        intent_counts = np.sum([r["intents"] for r in results], axis=0) if results else np.zeros(len(intents))
-        aux = _Writers(tmp, "aux")
-        try:
-            _write_aux(aux, ads, ad_sid, sum(len(t) for t in tokens["train"]), settings,
-                       np.random.default_rng([settings.seed, AUX_STREAM]))
-        finally:
-            aux.close()
-        for name, n in aux.rows.items():
-            rows[name] = rows.get(name, 0) + n
-        card = _card(rows, tokens, events, intent_counts, intents, settings)
-        write_json(tmp / "card.json", card)
-        (tmp / "README.md").write_text(_card_markdown(card), encoding="utf-8")
+    context = _Context(event_log_, catalogue, settings, ads, ad_sid, ad_ids, user_ids, intents, out)
+    n_chunks = -(-len(user_ids) // settings.users_per_chunk)
+    chunk_of_pair = bucket_of(user_ids, n_chunks)[pairs.user]
+    owned = np.unique(chunk_of_pair)
+    owned = owned[shard.owns_bucket(owned)]
+    chunks = [(int(c), pairs.take(np.flatnonzero(chunk_of_pair == c))) for c in owned]
+    # numpy, pyarrow kernels and Parquet writes release the GIL: threads share the event log without copies.
+    with ThreadPoolExecutor(max_workers=settings.workers) as pool:
+        results = list(pool.map(lambda chunk: _build_chunk(context, *chunk), chunks))
+    for (chunk, _), result in zip(chunks, results):
+        result["chunk"] = chunk
+    return results, ads, ad_sid
+
+
+def _finish(out: Path, chunks: list[dict], ads: pd.DataFrame, ad_sid: np.ndarray, settings: PromptParams) -> dict:
+    """What spans every chunk: the auxiliary tasks (sized by all train pairs) and the dataset card."""
+    intents = ads["industry"].cat.categories.astype(str).to_numpy()
+    rows = _sum_rows(chunks)
+    tokens = {split: [t for r in chunks for t in r["tokens"][split]] for split in SPLITS}
+    events = {split: [e for r in chunks for e in r["events"][split]] for split in SPLITS}
+    intent_counts = np.sum([r["intents"] for r in chunks], axis=0) if chunks else np.zeros(len(intents))
+    aux = _Writers(out, "aux")
+    try:
+        _write_aux(aux, ads, ad_sid, sum(len(t) for t in tokens["train"]), settings,
+                   np.random.default_rng([settings.seed, AUX_STREAM]))
+    finally:
+        aux.close()
+    for name, n in aux.rows.items():
+        rows[name] = rows.get(name, 0) + n
+    card = _card(rows, tokens, events, intent_counts, intents, settings)
+    write_json(out / "card.json", card)
+    (out / "README.md").write_text(_card_markdown(card), encoding="utf-8")
+    return card
+
+
+def _done(card: dict, started: float) -> dict:
     _log_to_mlflow(card)
     # the wall time is returned and logged, never written into the output: same inputs, same bytes (DVC hashes it)
     card["seconds"] = round(time.perf_counter() - started, 2)
     log.info("prompts: %s in %.1fs", card["counts"], card["seconds"])
     return card
+
+
+def _sum_rows(chunks: list[dict]) -> dict[str, int]:
+    rows: dict[str, int] = {}
+    for chunk in chunks:
+        for name, n in chunk["rows"].items():
+            rows[name] = rows.get(name, 0) + n
+    return rows
+
+
+CHUNK_STATS = "chunks.json"  # a shard's per-chunk numbers for the merged card (token and event counts: .npz)
+
+
+def _write_chunk_stats(folder: Path, chunks: list[dict]) -> None:
+    arrays = {}
+    for r in chunks:
+        for kind in ("tokens", "events"):
+            for split in SPLITS:
+                parts = r[kind][split]
+                arrays[f"{kind}.{r['chunk']}.{split}"] = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    np.savez(folder / "chunks.npz", **arrays)
+    write_json(folder / CHUNK_STATS, [{"chunk": r["chunk"], "rows": r["rows"], "intents": r["intents"].tolist()}
+                                      for r in chunks])
+
+
+def _read_chunk_stats(folder: Path) -> list[dict]:
+    chunks = read_json(folder / CHUNK_STATS)
+    with np.load(folder / "chunks.npz") as arrays:
+        for r in chunks:
+            for kind in ("tokens", "events"):
+                r[kind] = {split: [a] if len(a := arrays[f"{kind}.{r['chunk']}.{split}"]) else []
+                           for split in SPLITS}
+            r["intents"] = np.asarray(r["intents"], dtype=np.int64)
+    return chunks
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ always ends with something to serve, and every answer says it is the fallback.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ import pandas as pd
 from leadre.config import Params
 from leadre.runtime import set_cpu_threads
 from leadre.serve.store import fallback_label
+from leadre.sharding import Shard
 from leadre.train.model import ModelError
 
 log = logging.getLogger(__name__)
@@ -85,7 +87,8 @@ def _baseline_rows(baseline, users: np.ndarray, top_n: int, live_ids: np.ndarray
     return [(int(user), row[row != PAD], scores[:int((row != PAD).sum())]) for user, row in zip(users, lists)]
 
 
-def run_nearline(params: Params) -> dict[str, Any]:
+def run_nearline(params: Params, shard: Shard | None = None) -> dict[str, Any]:
+    """The near-line refresh; with `shard` (i/n) only that shard's users, staged for `merge_nearline` to publish."""
     from leadre.data.tables import read_tables
     from leadre.registry.models import champion_bundle
     from leadre.serve.bundle import ServingBundle, write_bundle
@@ -106,6 +109,7 @@ def run_nearline(params: Params) -> dict[str, Any]:
     users = np.unique(recent["user_id"].to_numpy(np.int64))
     if cfg.max_users and len(users) > cfg.max_users:
         users = users[:cfg.max_users]
+    users = shard_users(users, shard)
     engaged = events[(events["domain"] == "ad") & events["user_id"].isin(users)]
     engaged_by_user = engaged.groupby("user_id")["object_id"].unique()
     exclude = [np.asarray(engaged_by_user.get(u, []), dtype=np.int64) for u in users] if cfg.exclude_engaged else None
@@ -126,6 +130,8 @@ def run_nearline(params: Params) -> dict[str, Any]:
         rows = _champion_rows(params, champion, tables, now, live, users, exclude, channel)
         version = label = champion.version
     generation_seconds = time.perf_counter() - started
+    if shard is not None:
+        return stage_shard(params, shard, rows, label, started_at, generation_seconds)
 
     store = open_store(store_url(params))
     try:
@@ -177,3 +183,67 @@ def _champion_rows(params: Params, champion, tables: dict[str, pd.DataFrame], no
             keep = row_ids >= 0
             rows.append((int(user), row_ids[keep], row_scores[keep]))
     return rows
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sharded runs: `leadre nearline --shard i/n` per shard (a pod each on Kubernetes), then `leadre nearline --merge n`.
+# Shards own users by a stable hash of the user id and stage their candidates in the store; the merge publishes
+# them with one swap and writes the serving ads file. Prompts and beam search are per user, so the candidates are
+# those of one unsharded run.
+
+
+def shard_users(users: np.ndarray, shard: Shard | None) -> np.ndarray:
+    """The active users a shard owns (all of them unsharded); chosen after `max_users`, as one run chooses."""
+    return users if shard is None else users[shard.owns(users)]
+
+
+def staging_name(params: Params, model_version: str, shards: int) -> str:
+    """The staged snapshot's name, the same in every shard and the merge of one run: a hash of what makes the run
+    (model, version, data snapshot, shard count). A merge after the champion changed finds no parts: it fails
+    and publishes nothing, rather than mixing two models' candidates."""
+    key = "|".join([params.registry.model_name, model_version, str(params.data.snapshot_time), str(shards)])
+    return "nl_" + hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def stage_shard(params: Params, shard: Shard, rows: list, model_version: str, started_at: datetime,
+                generation_seconds: float) -> dict[str, Any]:
+    from leadre.serve.service import store_url
+    from leadre.serve.store import open_store
+
+    store = open_store(store_url(params))
+    try:
+        users = store.stage_part(staging_name(params, model_version, shard.count), shard.index, shard.count, rows,
+                                 model_version, created_at=started_at)
+    finally:
+        store.close()
+    summary = {"shard": str(shard), "users": users, "model_version": model_version,
+               "users_per_second": users / generation_seconds if users else 0.0}
+    log.info("near-line shard %s: %s", shard, summary)
+    return summary
+
+
+def merge_nearline(params: Params, shards: int) -> dict[str, Any]:
+    """Publish the candidates the `shards` shards staged (one swap) and write the serving ads file."""
+    from leadre.data.tables import read_tables
+    from leadre.registry.models import champion_bundle
+    from leadre.serve.bundle import ServingBundle, write_bundle
+    from leadre.serve.service import store_url
+    from leadre.serve.store import open_store
+
+    started = time.perf_counter()
+    champion = champion_bundle(params)
+    # the shards staged under the label the unsharded run would publish: the champion's version, or the fallback's
+    version = champion.version if champion is not None else None
+    label = version if version is not None else fallback_label(fallback_baseline(params))
+    tables = read_tables(params.path(params.data.validated_dir), names=("ads", "events"))
+    live = serving_ads(params, tables["ads"], tables["events"], pd.Timestamp(params.data.snapshot_time))
+    store = open_store(store_url(params))
+    try:
+        info = store.publish_staged(staging_name(params, label, shards), shards)
+    finally:
+        store.close()
+    write_bundle(params.path(params.serve.ads_file), ServingBundle(version, live, ads_version=info.snapshot_id))
+    summary = {"users": info.users, "model_version": version, "source": "champion" if version is not None else label,
+               "snapshot_id": info.snapshot_id, "shards": shards, "seconds": time.perf_counter() - started, "live_ads": len(live)}
+    log.info("near-line merge: %s", summary)
+    return summary

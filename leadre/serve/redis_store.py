@@ -4,7 +4,13 @@ Keys (NS = the namespace, `leadre:candidates` by default):
 - `NS:current`                  → the current snapshot id (the pointer; swapped with one SET);
 - `NS:snap:<id>:meta`           → hash: model_version, created_at, published_at, users;
 - `NS:snap:<id>:u:<user_id>`    → the user's candidate blob (see leadre/serve/store.py);
-- `NS:snapshots`                → set of snapshot ids whose keys still exist (so a crashed write is collected too).
+- `NS:snapshots`                → set of snapshot ids whose keys still exist (so a crashed write is collected too);
+- `NS:staging:<name>`           → the snapshot id a sharded run's shards write into (the first shard sets it);
+- `NS:staging:<name>:parts`     → hash: shard → its part's record (shards, model version, created_at, users).
+
+A sharded near-line run's shards write their users' keys straight into one staged snapshot id, which no reader
+finds because the pointer does not name it; `publish_staged` checks every part is there, writes the metadata and
+moves the pointer: the same single SET as an unsharded publish, however many shards wrote.
 
 A snapshot's keys are written first, without a TTL, then the pointer moves with a single SET; the superseded
 snapshots' keys get a TTL (`old_snapshot_ttl_s`) rather than an immediate delete, so a reader that fetched the old
@@ -13,12 +19,13 @@ key atomically, so it can never pair one snapshot's pointer with another's row.
 
 Cluster note: the script reads a key it derives from the pointer, which Redis Cluster forbids across slots; put the
 namespace in a hash tag (`namespace={leadre:candidates}`) to keep every key in one slot, or use a single node.
-One writer at a time: a publish expires every other registered snapshot, including one another writer is still
-filling. The near-line job is a single scheduled task, so it needs no lock.
+One writer at a time: a publish expires every other registered snapshot, including one another writer (or another
+run's shards) is still filling. The DAG runs one near-line job at a time (max_active_runs=1), so it needs no lock.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Iterator
@@ -30,10 +37,13 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from leadre.serve.store import (
     Candidates,
     SnapshotInfo,
+    StagedPart,
     StoreError,
     check_created_at,
     check_model_version,
     check_snapshot_id,
+    check_staged,
+    check_staging,
     decode_candidates,
     iter_rows,
     new_snapshot_id,
@@ -139,6 +149,10 @@ class RedisCandidateStore:
         snapshot_id = new_snapshot_id(published_at)
         # Registered before the first key, so a writer that dies half-way leaves keys the next publish collects.
         self.client.sadd(self._registry, snapshot_id)
+        users = self._write_rows(snapshot_id, rows)
+        return self._publish(snapshot_id, model_version, created_at, published_at, users)
+
+    def _write_rows(self, snapshot_id: str, rows: Any) -> int:
         users = 0
         encoded: Iterator[tuple[int, bytes]] = iter_rows(rows)
         while batch := list(islice(encoded, self.write_batch)):
@@ -147,6 +161,10 @@ class RedisCandidateStore:
                 pipe.set(self._user_key(snapshot_id, user_id), blob)
             pipe.execute()
             users += len(batch)
+        return users
+
+    def _publish(self, snapshot_id: str, model_version: str, created_at: datetime, published_at: datetime,
+                 users: int) -> SnapshotInfo:
         self.client.hset(self._meta_key(snapshot_id), mapping={
             "model_version": model_version, "created_at": created_at.isoformat(),
             "published_at": published_at.isoformat(), "users": users})
@@ -154,7 +172,46 @@ class RedisCandidateStore:
         self._collect_garbage(keep=snapshot_id)
         return SnapshotInfo(snapshot_id, model_version, created_at, published_at, users)
 
+    # -- staged snapshots (sharded near-line runs) ------------------------------------------------------------------
+
+    def _staging_key(self, staging: str) -> str:
+        return f"{self.namespace}:staging:{staging}"
+
+    def stage_part(self, staging: str, shard: int, shards: int, rows: Any, model_version: str,
+                   created_at: datetime | None = None) -> int:
+        key = self._staging_key(check_staging(staging, shard, shards))
+        model_version = check_model_version(model_version)
+        created_at = check_created_at(created_at)
+        # The first shard names the snapshot (SET NX), the others read its choice; registered before any user key,
+        # so the keys of a run that dies are collected by the next publish.
+        self.client.set(key, new_snapshot_id(datetime.now(UTC)), nx=True)
+        snapshot_id = check_snapshot_id(self.client.get(key).decode())
+        self.client.sadd(self._registry, snapshot_id)
+        users = self._write_rows(snapshot_id, rows)  # a retried shard overwrites its own users' keys
+        self.client.hset(f"{key}:parts", str(shard), json.dumps(
+            {"shards": shards, "model_version": model_version, "created_at": created_at.isoformat(),
+             "users": users}))
+        return users
+
+    def publish_staged(self, staging: str, shards: int) -> SnapshotInfo:
+        key = self._staging_key(check_staging(staging, None, shards))
+        raw_id = self.client.get(key)
+        parts = []
+        for shard, record in self.client.hgetall(f"{key}:parts").items():
+            fields = json.loads(record)
+            parts.append(StagedPart(int(shard), fields["shards"], fields["model_version"],
+                                    datetime.fromisoformat(fields["created_at"]), fields["users"]))
+        model_version, created_at, users = check_staged(staging, parts, shards)
+        if raw_id is None:  # pragma: no cover - parts without their id: the staging key was deleted by hand
+            raise StoreError(f"staging {staging}: its snapshot id is gone; run the shards again")
+        return self._publish(check_snapshot_id(raw_id.decode()), model_version, created_at, datetime.now(UTC), users)
+
     def _collect_garbage(self, keep: str) -> None:
+        """Expire every snapshot but `keep`, and forget every staging (one near-line run publishes at a time: a
+        staging left now is the published one or from a run that died; its keys are registered snapshots)."""
+        stagings = list(self.client.scan_iter(match=f"{self.namespace}:staging:*", count=self.write_batch))
+        if stagings:
+            self.client.delete(*stagings)
         for raw in self.client.smembers(self._registry):
             snapshot_id = raw.decode()
             if snapshot_id == keep:

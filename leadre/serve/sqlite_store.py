@@ -6,6 +6,8 @@ Why this layout:
 - WAL lets readers run alongside that (possibly long) write transaction and see the last committed snapshot;
 - a reader reads the pointer and the user's row inside one read transaction, so both come from the same committed
   state even if a writer swaps and drops the old table in between (WAL readers keep their snapshot of the file);
+- a sharded near-line run stages one part table per shard (`stage_part`), unseen by readers, and `publish_staged`
+  copies them into a snapshot table and moves the pointer in one transaction, as above;
 - dropping a superseded table (rather than DELETE-ing rows) frees its pages in one step; the next snapshot reuses
   them, so the file settles at about two snapshots' size.
 """
@@ -24,9 +26,13 @@ from typing import Any, ClassVar
 from leadre.serve.store import (
     Candidates,
     SnapshotInfo,
+    StagedPart,
+    StoreError,
     check_created_at,
     check_model_version,
     check_snapshot_id,
+    check_staged,
+    check_staging,
     decode_candidates,
     iter_rows,
     new_snapshot_id,
@@ -44,6 +50,15 @@ CREATE TABLE IF NOT EXISTS current (
     id          INTEGER PRIMARY KEY CHECK (id = 0),
     snapshot_id TEXT NOT NULL REFERENCES snapshots(snapshot_id)
 );
+CREATE TABLE IF NOT EXISTS staged_parts (
+    staging       TEXT NOT NULL,
+    shard         INTEGER NOT NULL,
+    shards        INTEGER NOT NULL,
+    model_version TEXT NOT NULL,
+    created_at    TEXT NOT NULL,
+    users         INTEGER NOT NULL,
+    PRIMARY KEY (staging, shard)
+);
 """
 _POINTER = "SELECT snapshot_id FROM current WHERE id = 0"
 _INFO = ("SELECT s.snapshot_id, s.model_version, s.created_at, s.published_at, s.users "
@@ -57,6 +72,10 @@ def _rollback(conn: sqlite3.Connection) -> None:
 
 def _table(snapshot_id: str) -> str:
     return f"cand_{check_snapshot_id(snapshot_id)}"
+
+
+def _part_table(staging: str, shard: int) -> str:
+    return f"part_{check_staging(staging)}_{int(shard)}"
 
 
 class SQLiteCandidateStore:
@@ -167,14 +186,73 @@ class SQLiteCandidateStore:
             self._collect_garbage(conn, keep=snapshot_id)
         return SnapshotInfo(snapshot_id, model_version, created_at, published_at, users)
 
+    # -- staged snapshots (sharded near-line runs) ------------------------------------------------------------------
+    # Each shard writes its own part table in its own short transaction (rows are encoded before the write lock is
+    # taken, so shards queue only for the inserts); the publish copies the parts into one snapshot table and moves
+    # the pointer in one transaction: readers see all of the old snapshot or all of the new one.
+
+    def stage_part(self, staging: str, shard: int, shards: int, rows: Any, model_version: str,
+                   created_at: datetime | None = None) -> int:
+        check_staging(staging, shard, shards)
+        part = StagedPart(shard, shards, check_model_version(model_version), check_created_at(created_at), 0)
+        encoded = list(iter_rows(rows))
+        table = _part_table(staging, shard)
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(f"DROP TABLE IF EXISTS {table}")  # a retried shard replaces its part
+                conn.execute(f"CREATE TABLE {table} (user_id INTEGER PRIMARY KEY, payload BLOB NOT NULL)")
+                conn.executemany(f"INSERT INTO {table} (user_id, payload) VALUES (?, ?)", encoded)
+                conn.execute("INSERT OR REPLACE INTO staged_parts VALUES (?, ?, ?, ?, ?, ?)",
+                             (staging, shard, shards, part.model_version, part.created_at.isoformat(), len(encoded)))
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                raise
+        return len(encoded)
+
+    def publish_staged(self, staging: str, shards: int) -> SnapshotInfo:
+        check_staging(staging, None, shards)
+        published_at = datetime.now(UTC)
+        snapshot_id = new_snapshot_id(published_at)
+        table = _table(snapshot_id)
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                parts = [StagedPart(shard, n, version, datetime.fromisoformat(created), users)
+                         for shard, n, version, created, users in conn.execute(
+                             "SELECT shard, shards, model_version, created_at, users FROM staged_parts "
+                             "WHERE staging = ?", (staging,))]
+                model_version, created_at, users = check_staged(staging, parts, shards)
+                conn.execute(f"CREATE TABLE {table} (user_id INTEGER PRIMARY KEY, payload BLOB NOT NULL)")
+                for shard in range(shards):
+                    try:
+                        conn.execute(f"INSERT INTO {table} SELECT user_id, payload FROM {_part_table(staging, shard)}")
+                    except sqlite3.IntegrityError:
+                        raise StoreError(f"staging {staging}: shard {shard} has a user another shard already "
+                                         "wrote; the current snapshot stays") from None
+                conn.execute("INSERT INTO snapshots VALUES (?, ?, ?, ?, ?)",
+                             (snapshot_id, model_version, created_at.isoformat(), published_at.isoformat(), users))
+                conn.execute("INSERT OR REPLACE INTO current (id, snapshot_id) VALUES (0, ?)", (snapshot_id,))
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                raise
+            self._collect_garbage(conn, keep=snapshot_id)
+        return SnapshotInfo(snapshot_id, model_version, created_at, published_at, users)
+
     def _collect_garbage(self, conn: sqlite3.Connection, keep: str) -> None:
-        """Drop every snapshot but `keep`. Readers mid-transaction on an old one still finish on their WAL view."""
+        """Drop every snapshot but `keep`, and every staged part (one near-line run publishes at a time, so a part
+        left now is from a run that died). Readers mid-transaction on an old one still finish on their WAL view."""
         conn.execute("BEGIN IMMEDIATE")
         try:
             old = [r[0] for r in conn.execute("SELECT snapshot_id FROM snapshots WHERE snapshot_id != ?", (keep,))]
             for snapshot_id in old:
                 conn.execute(f"DROP TABLE IF EXISTS {_table(snapshot_id)}")
             conn.execute("DELETE FROM snapshots WHERE snapshot_id != ?", (keep,))
+            for staging, shard in conn.execute("SELECT staging, shard FROM staged_parts").fetchall():
+                conn.execute(f"DROP TABLE IF EXISTS {_part_table(staging, shard)}")
+            conn.execute("DELETE FROM staged_parts")
             conn.execute("COMMIT")
         except BaseException:
             _rollback(conn)

@@ -7,6 +7,9 @@ the new one, never a mix, and the previous one stays readable until the swap. Tw
 - `SQLiteCandidateStore` (leadre/serve/sqlite_store.py): the embedded default, one file, no server;
 - `RedisCandidateStore` (leadre/serve/redis_store.py): for production, shared by every serving replica.
 
+A sharded near-line run stages instead: each shard writes its part with `stage_part` (concurrently, unseen by
+readers) and the merge's `publish_staged` switches to the snapshot of all parts with the same single swap.
+
 `open_store("sqlite:///path")` or `open_store("redis://host:6379/0")` picks one from a URL; store options ride in the
 URL's query string (e.g. `redis://host/0?namespace=leadre:cand&old_snapshot_ttl_s=600`).
 
@@ -48,6 +51,9 @@ SNAPSHOT_ID_PATTERN = re.compile(r"^s[0-9a-f]{12}_[0-9a-f]{8}$")
 # `fallback:<baseline>` where a model version would be: registry versions are numbers, so the two never collide, and
 # both stores, their readers and the metrics keep one string field.
 FALLBACK_PREFIX = "fallback:"
+# A staged snapshot's name, agreed by its shards (leadre/serve/nearline.py derives it from the run): a table name
+# part in SQLite, a key part in Redis.
+STAGING_PATTERN = re.compile(r"^[a-z0-9_]{1,64}$")
 
 
 class StoreError(UserError, ValueError):
@@ -91,6 +97,15 @@ class CandidateStore(Protocol):
     def snapshot_info(self) -> SnapshotInfo | None:
         """The current snapshot's metadata, or None before the first publish."""
 
+    def stage_part(self, staging: str, shard: int, shards: int, rows: Any, model_version: str,
+                   created_at: datetime | None = None) -> int:
+        """Write shard `shard` of `shards` into the staged snapshot `staging`, unseen by readers; returns its users.
+
+        Shards (processes or pods) write their parts concurrently; writing a part again replaces it (a retry)."""
+
+    def publish_staged(self, staging: str, shards: int) -> SnapshotInfo:
+        """Make the staged snapshot (every one of its `shards` parts) current in one swap, as `write_snapshot` does."""
+
     def close(self) -> None: ...
 
 
@@ -107,6 +122,43 @@ def check_snapshot_id(snapshot_id: str) -> str:
     if not SNAPSHOT_ID_PATTERN.match(snapshot_id):
         raise StoreError(f"corrupt store: snapshot id {snapshot_id!r} does not match {SNAPSHOT_ID_PATTERN.pattern}")
     return snapshot_id
+
+
+def check_staging(staging: str, shard: int | None = None, shards: int = 1) -> str:
+    if not isinstance(staging, str) or not STAGING_PATTERN.match(staging):
+        raise StoreError(f"staging name {staging!r} does not match {STAGING_PATTERN.pattern}")
+    if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
+        raise StoreError(f"staging {staging}: the shard count must be a positive integer, got {shards!r}")
+    if shard is not None and (isinstance(shard, bool) or not isinstance(shard, int) or not 0 <= shard < shards):
+        raise StoreError(f"staging {staging}: shard {shard!r} is not in 0..{shards - 1}")
+    return staging
+
+
+@dataclass(frozen=True, slots=True)
+class StagedPart:
+    """What a shard recorded beside its rows: the publish checks the parts belong together."""
+
+    shard: int
+    shards: int
+    model_version: str
+    created_at: datetime
+    users: int
+
+
+def check_staged(staging: str, parts: Iterable[StagedPart], shards: int) -> tuple[str, datetime, int]:
+    """(model version, created_at of the earliest shard, users) of a complete staging; else a StoreError naming the
+    missing or mismatched part, and nothing is published."""
+    parts = sorted(parts, key=lambda part: part.shard)
+    found = {part.shard for part in parts if part.shards == shards}
+    missing = [i for i in range(shards) if i not in found]
+    if missing:
+        raise StoreError(f"staging {staging}: shard(s) {missing} of {shards} have not written their part; the "
+                         "current snapshot stays")
+    versions = {part.model_version for part in parts if part.shards == shards}
+    if len(versions) > 1:
+        raise StoreError(f"staging {staging}: parts from different model versions {sorted(versions)}")
+    chosen = [part for part in parts if part.shards == shards]
+    return versions.pop(), min(part.created_at for part in chosen), sum(part.users for part in chosen)
 
 
 def check_model_version(model_version: str) -> str:

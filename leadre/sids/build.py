@@ -25,6 +25,7 @@ from leadre.bundle import read_sid_table as load_sid_table
 from leadre.config import ConfigError, Params, SidsParams
 from leadre.data.tables import read_tables
 from leadre.io import atomic_dir, read_json, write_json
+from leadre.sharding import Shard
 from leadre.sids.encoder import EmbeddingResult, embed_texts, encoder_fingerprint, resolve_encoder_dir
 from leadre.sids.quantize import Quantizer, load_quantizer, make_quantizer, save_quantizer
 from leadre.sids.trie import level_letter, sid_token, sid_tokens
@@ -40,7 +41,7 @@ MLFLOW_PREFIX = "sids"
 # returned and logged but kept out of report.json, so the output folder is the same bytes for the same inputs.
 RUN_FACTS = ("encoded_texts", "cached_texts", "seconds")
 
-__all__ = ["SidCollisionError", "ad_texts", "disambiguate", "load_sid_table", "run_assign_sids", "run_build_sids",
+__all__ = ["SidCollisionError", "ad_texts", "disambiguate", "load_sid_table", "merge_sids", "run_assign_sids", "run_build_sids",
            "sid_tokens", "sid_vocabulary"]
 
 
@@ -217,11 +218,23 @@ def _build_report(params: Params, ads: _Ads, codes: np.ndarray, embedding: Embed
     }
 
 
-def run_build_sids(params: Params) -> dict[str, Any]:
-    """Embed → fit codebooks → unique S-IDs; writes sids.out_dir as one folder, atomically. Returns the report."""
+def run_build_sids(params: Params, shard: Shard | None = None) -> dict[str, Any]:
+    """Embed → fit codebooks → unique S-IDs; writes sids.out_dir as one folder, atomically. Returns the report.
+
+    With `shard` (i/n): only embed the ads that shard owns into the embeddings cache, the expensive part. The merge
+    is this step unsharded: every text is then cached, so it only quantises, and a warm cache gives the bytes a
+    cold one gives (leadre/sids/encoder.py), so the S-IDs are those of one unsharded run.
+    """
     started = time.perf_counter()
     sids = params.sids
     ads = _read_ads(params)
+    if shard is not None:
+        owned = shard.owns(ads.ids)
+        embedding = _embed(params, [text for text, own in zip(ads.texts, owned) if own])
+        summary = {"shard": str(shard), "ads": int(owned.sum()), "encoded_texts": embedding.encoded,
+                   "cached_texts": embedding.cached, "seconds": time.perf_counter() - started}
+        log.info("S-ID shard %s: %s", shard, summary)
+        return summary
     embedding = _embed(params, ads.texts)
     encoded_at = time.perf_counter()
     quantizer = make_quantizer(sids)
@@ -244,6 +257,15 @@ def run_build_sids(params: Params) -> dict[str, Any]:
              report["ads"], report["live_ads"], out_dir, 100 * report["collision_rate"])
     log_to_mlflow(report)
     return report
+
+
+def merge_sids(params: Params, shards: int) -> dict[str, Any]:
+    """After `shards` shards filled the embeddings cache: the whole step, which then only quantises."""
+    report = run_build_sids(params)
+    if report["encoded_texts"]:
+        log.warning("S-ID merge encoded %d texts the %d shard(s) had not cached (an ad changed in between?)",
+                    report["encoded_texts"], shards)
+    return report | {"shards": shards}
 
 
 def _check_same_encoder(params: Params, meta: dict) -> None:

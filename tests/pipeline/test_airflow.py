@@ -27,10 +27,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 
-from leadre.config import ConfigError
+from leadre.config import ConfigError, load_params
 from leadre.orchestration import dag_support as ds
 from leadre.orchestration import pods
 from leadre.steps import STEPS
@@ -41,6 +42,10 @@ REPO = Path(__file__).resolve().parents[2]
 DAGS = REPO / "dags"
 DAG_ID = "leadre_retrain"
 CHAIN = ("validate", "sids", "prompts", "sft", "dpo", "evaluate", "gate", "promote", "nearline")
+SHARDED = ("sids", "prompts", "nearline")  # plan (<step>_shards) → mapped <step>_shard → merge (<step>)
+TASKS = tuple(t for s in CHAIN for t in ((f"{s}_shards", f"{s}_shard", s) if s in SHARDED else (s,)))
+# what the steps run, in order, in a run with one shard each: a sharded step's shard, then its merge
+CALLS = tuple(c for s in CHAIN for c in ((f"{s} 0/1", f"{s} merge 1") if s in SHARDED else (s,)))
 GPU = "nvidia.com/gpu"
 HEAVY = ("torch", "transformers", "trl", "peft", "datasets", "mlflow", "great_expectations", "sentence_transformers",
          "sklearn")
@@ -131,7 +136,8 @@ if dag is not None:
             "trigger_rule": str(t.trigger_rule.value if hasattr(t.trigger_rule, "value") else t.trigger_rule),
             "task_type": t.task_type, "ignore_downstream_trigger_rules": getattr(
                 t, "ignore_downstream_trigger_rules", None),
-            "do_xcom_push": t.do_xcom_push,
+            "do_xcom_push": t.partial_kwargs.get("do_xcom_push", True) if hasattr(t, "partial_kwargs")
+            else t.do_xcom_push,
         } for t in dag.tasks},
     })
     # the trigger form: each case is resolved by the Param the UI and the REST API validate with
@@ -152,12 +158,28 @@ if dag is not None:
     if os.environ.get("LEADRE_RUNNER") == "kubernetes":
         from kubernetes.client import ApiClient
         form = json.loads(sys.argv[3])
+        from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+        from leadre.orchestration import dag_support as ds, pods as leadre_pods
+
+        class PlanTI:  # what a merge pod's hook reads: its plan planned 3 shards
+            def xcom_pull(self, task_ids):
+                return [[], [], []]
+
         pods = {}
         for t in dag.tasks:
+            if t.task_type != "KubernetesPodOperator" or not hasattr(t, "build_pod_request_obj"):
+                continue  # the shard plans run in the worker; the mapped shard pods are rendered below
             t.config_file = os.environ["KUBECONFIG"]
             t.in_cluster = False
-            t._pre_execute_hook({"task": t, "params": form})
-            t._pre_execute_hook({"task": t, "params": form})  # a second try in the same process: same arguments
+            t._pre_execute_hook({"task": t, "params": form, "ti": PlanTI()})
+            t._pre_execute_hook({"task": t, "params": form, "ti": PlanTI()})  # a second try: same arguments
+            pods[t.task_id] = ApiClient().sanitize_for_serialization(t.build_pod_request_obj())
+        # a mapped shard pod: the partial's arguments plus one shard's from the plan
+        settings = ds.load_settings(os.environ["LEADRE_PARAMS"])
+        for step in ("sids", "prompts", "nearline"):
+            arguments = ds.pod_arguments(leadre_pods.shard_arguments(step, 3)[1], ds.overrides_from_params(form))
+            t = KubernetesPodOperator(task_id=ds.shard_task_id(step), config_file=os.environ["KUBECONFIG"],
+                                      in_cluster=False, arguments=arguments, **ds.shard_pod_kwargs(step, settings))
             pods[t.task_id] = ApiClient().sanitize_for_serialization(t.build_pod_request_obj())
         out["pods"] = pods
         # the gate pod's decision (its /airflow/xcom/return.json) through the gate's post-execute hook
@@ -195,6 +217,7 @@ PARAM_CASES: list[tuple[str, Any, bool]] = [  # (field, value, accepted?)
     ("dpo_beta", 0.1, True), ("dpo_beta", -0.1, False),
     ("snapshot_time", "2026-11-01T00:00:00+00:00", True), ("snapshot_time", "2026-11-01T00:00:00.000Z", True),
     ("snapshot_time", "2026-11-01", False), ("snapshot_time", "2026-11-01T00:00:00", False),
+    ("prompts_shards", 3, True), ("prompts_shards", 0, False), ("nearline_shards", 1.5, False),
     ("overrides", {"sft.batch_size": 8}, True), ("overrides", {"not dotted": 1}, False), ("overrides", [1], False),
 ]
 FORM_IN_PODS = {"base_model": "/models/qwen", "learning_rate": 0.0002, "lora": "on", "overrides": {"dpo.beta": 0.2}}
@@ -242,15 +265,20 @@ def test_dag_file_imports_without_errors_quickly_and_without_heavy_modules(local
 def test_task_order_is_exactly_the_retrain_chain(local_dag, k8s_dag):
     for described in (local_dag, k8s_dag):
         tasks = described["tasks"]
-        assert tuple(described["order"]) == CHAIN
-        assert set(tasks) == set(CHAIN)
+        assert tuple(described["order"]) == TASKS
+        assert set(tasks) == set(TASKS)
+        first = {s: f"{s}_shards" if s in SHARDED else s for s in CHAIN}
         for before, after in zip(CHAIN, CHAIN[1:]):
-            assert tasks[before]["downstream"] == [after]
-            assert tasks[after]["upstream"] == [before]
+            assert tasks[before]["downstream"] == [first[after]]
+            assert tasks[first[after]]["upstream"] == [before]
+        for step in SHARDED:  # the plan feeds the mapped shards and the merge; the merge waits for every shard
+            assert tasks[f"{step}_shards"]["downstream"] == sorted([step, f"{step}_shard"])
+            assert tasks[f"{step}_shard"]["upstream"] == [f"{step}_shards"]
+            assert tasks[step]["upstream"] == sorted([f"{step}_shards", f"{step}_shard"])
         assert tasks["validate"]["upstream"] == [] and tasks["nearline"]["downstream"] == []
         # the gate's "no" skips promote only; near-line still refreshes with the current champion
-        assert tasks["nearline"]["trigger_rule"] == "none_failed"
-        assert {tasks[s]["trigger_rule"] for s in CHAIN[:-1]} == {"all_success"}
+        assert tasks["nearline_shards"]["trigger_rule"] == "none_failed"
+        assert {t["trigger_rule"] for name, t in tasks.items() if name != "nearline_shards"} == {"all_success"}
 
 
 def test_dag_schedule_and_run_settings(local_dag):
@@ -289,16 +317,19 @@ def test_trigger_form_rejects_bad_values(local_dag):
 def test_kubernetes_runner_builds_schema_valid_pods_with_gpus_only_for_training_and_nearline(k8s_dag):
     validator = pytest.importorskip("kubernetes_validate")
     assert k8s_dag["import_errors"] == {}
-    assert {t["task_type"] for t in k8s_dag["tasks"].values()} == {"KubernetesPodOperator"}
+    # every step is a pod; only the shard plans (how many pods to map) run in the worker
+    assert {name for name, t in k8s_dag["tasks"].items() if t["task_type"] != "KubernetesPodOperator"} == {
+        f"{s}_shards" for s in SHARDED}
     assert "kubernetes" in k8s_dag["tags"]
     rendered = k8s_dag["pods"]
-    assert set(rendered) == set(CHAIN)
-    for step, pod in rendered.items():
+    assert set(rendered) == set(CHAIN) | {f"{s}_shard" for s in SHARDED}
+    for task_id, pod in rendered.items():
+        step, shard = task_id.removesuffix("_shard"), task_id.endswith("_shard")
         validator.validate(pod, K8S_VERSION, strict=True)
         spec = pod["spec"]
         main = next(c for c in spec["containers"] if c["name"] == "base")
         limits = main["resources"]["limits"]
-        if step in {"sft", "dpo", "nearline"}:
+        if step in {"sft", "dpo", "nearline"}:  # a near-line shard pod too
             assert limits[GPU] == "1", step
             assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
         else:
@@ -313,11 +344,15 @@ def test_kubernetes_runner_builds_schema_valid_pods_with_gpus_only_for_training_
             "dpo.lora.enabled": True, "dpo.beta": 0.2}, step
         tail = args[2 + 2 * len(sets):]
         expected = [*STEPS[step].command, *(ds.GATE_POD_ARGS if step == "gate" else ())]
-        assert tail == expected, step
+        if step in SHARDED:  # shard 1 of the 3 the plan planned, or the merge of the 3
+            expected += ["--shard", "1/3"] if shard else ["--merge", "3"]
+        assert tail == expected, task_id
         env = {e["name"]: e.get("value") for e in main.get("env") or []}
         assert env["LEADRE_RETRAIN_ID"] == "{{ run_id }}"
     # only the gate returns XCom: its decision, from /airflow/xcom/return.json (an xcom sidecar reads it)
-    assert [s for s, t in k8s_dag["tasks"].items() if t["do_xcom_push"]] == ["gate"]
+    # (and the shard plans, which run in the worker)
+    assert sorted(s for s, t in k8s_dag["tasks"].items() if t["do_xcom_push"]) == sorted(
+        ["gate", *(f"{s}_shards" for s in SHARDED)])
     gate_containers = {c["name"] for c in rendered["gate"]["spec"]["containers"]}
     assert "airflow-xcom-sidecar" in gate_containers
 
@@ -344,9 +379,10 @@ from airflow.utils.session import create_session
 mode = {"passed": True, "fail": None}
 seen = []
 
-def stand_in(name):
-    def run(params):
-        seen.append({"step": name, "retrain_id": os.environ.get("LEADRE_RETRAIN_ID"), "sft_epochs": params.sft.epochs,
+def stand_in(name, merge=False):
+    def run(params, shards=None, shard=None):
+        call = f"{name} merge {shards}" if merge else f"{name} {shard}" if shard else name
+        seen.append({"step": call, "retrain_id": os.environ.get("LEADRE_RETRAIN_ID"), "sft_epochs": params.sft.epochs,
                      "lora": params.dpo.lora.enabled})
         if mode["fail"] == name:
             raise RuntimeError(f"stand-in {name} broke")
@@ -354,6 +390,7 @@ def stand_in(name):
     return run
 
 steps.step_function = stand_in
+steps.merge_function = lambda name: stand_in(name, merge=True)
 dag = DagBag(sys.argv[1]).dags["leadre_retrain"]
 results = []
 for passed, fail in ((True, None), (False, None), (True, "sft")):
@@ -391,8 +428,8 @@ def stand_in_runs(tmp_path_factory) -> tuple[list[dict[str, Any]], str]:
 def test_every_task_runs_its_step_with_the_form_overrides_and_the_run_id(stand_in_runs):
     runs, _ = stand_in_runs
     passed = runs[0]
-    assert passed["state"] == "success" and passed["tasks"] == dict.fromkeys(CHAIN, "success")
-    assert [call["step"] for call in passed["seen"]] == list(CHAIN)
+    assert passed["state"] == "success" and passed["tasks"] == dict.fromkeys(TASKS, "success")
+    assert [call["step"] for call in passed["seen"]] == list(CALLS)
     # every step saw the form's values and the DAG run id (the MLflow parent run of the retrain)
     assert {(c["sft_epochs"], c["lora"], c["retrain_id"]) for c in passed["seen"]} == {(7, True, passed["run_id"])}
     assert "summary" in passed["gate_xcom"]
@@ -402,8 +439,8 @@ def test_a_gate_that_does_not_pass_skips_promote_but_refreshes_nearline(stand_in
     runs, _ = stand_in_runs
     held_back = runs[1]
     assert held_back["state"] == "success"
-    assert held_back["tasks"] == {**dict.fromkeys(CHAIN, "success"), "promote": "skipped"}
-    assert [call["step"] for call in held_back["seen"]] == [s for s in CHAIN if s != "promote"]
+    assert held_back["tasks"] == {**dict.fromkeys(TASKS, "success"), "promote": "skipped"}
+    assert [call["step"] for call in held_back["seen"]] == [s for s in CALLS if s != "promote"]
     assert "summary" in held_back["gate_xcom"]  # the decision stays readable
 
 
@@ -412,7 +449,7 @@ def test_a_failed_step_stops_the_run_and_the_callback_says_where_to_look(stand_i
     failed = runs[2]
     assert failed["state"] == "failed"
     assert failed["tasks"]["sft"] == "failed"
-    assert {failed["tasks"][s] for s in CHAIN[CHAIN.index("sft") + 1:]} == {"upstream_failed"}  # nearline too
+    assert {failed["tasks"][s] for s in TASKS[TASKS.index("sft") + 1:]} == {"upstream_failed"}  # nearline too
     assert "dpo" not in [call["step"] for call in failed["seen"]]
     assert f"LEADRE retrain step 'sft' failed (try 1 of 1, DAG run {failed['run_id']})" in output
     assert "stand-in sft broke" in output and "--resume" in output and "sft_metrics.json" in output
@@ -564,17 +601,23 @@ def test_failure_report_says_where_to_look(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ end to end
 
+# The end-to-end run also fans the data steps out: 3 shards each (several chunks of users, so every prompts shard
+# has some), and the test then checks the outputs equal one unsharded run's.
+SHARDED_CONF: dict[str, Any] = {**TINY_CONF, "sids_shards": 3, "prompts_shards": 3, "nearline_shards": 3,
+                                "overrides": {**TINY_CONF["overrides"], "prompts.users_per_chunk": 40}}
+
+
 @pytest.mark.slow
 def test_dag_test_runs_the_whole_retrain_on_the_tiny_world(tmp_path, prepared_data):
     workspace = tmp_path / "workspace"
     prepared_workspace(workspace, prepared_data)
     params_file = workspace / "params.yaml"
     started = time.perf_counter()
-    run = run_dag_test(tmp_path / "airflow", DAGS, TINY_CONF, timeout=1800,
+    run = run_dag_test(tmp_path / "airflow", DAGS, SHARDED_CONF, timeout=1800,
                           env={"LEADRE_PARAMS": str(params_file), "LEADRE_RETRIES": "0"})
     seconds = time.perf_counter() - started
     states = {step: task["state"] for step, task in run["tasks"].items()}
-    assert states == dict.fromkeys(CHAIN, "success"), (
+    assert states == dict.fromkeys(TASKS, "success"), (
         f"{states}; see {tmp_path / 'airflow' / 'dag_test.log'}")
     assert run["state"] == "success"
     # the form reached the steps: one SFT epoch instead of the params file's two
@@ -587,6 +630,47 @@ def test_dag_test_runs_the_whole_retrain_on_the_tiny_world(tmp_path, prepared_da
     champion = champion_version(params_file)
     assert champion is not None, "no `champion` alias after a passed gate and promote"
     print(f"dag.test retrain: {seconds:.0f} s")
+    assert run["tasks"]["prompts_shard"]["map_indexes"] == [0, 1, 2]  # the form's count, one mapped task each
+    assert_same_as_one_shard(load_params(params_file, ds.overrides_from_params(SHARDED_CONF)), tmp_path / "one")
+
+
+def assert_same_as_one_shard(params, scratch: Path) -> None:
+    """S-IDs, prompts and the candidate store the 3-shard run left equal what one unsharded run writes."""
+    from leadre.data.tables import read_tables
+    from leadre.prompts.build import run_build_prompts
+    from leadre.serve.nearline import run_nearline
+    from leadre.serve.service import store_url
+    from leadre.serve.store import open_store
+    from leadre.sids.build import run_build_sids
+
+    def files(folder: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+    one = params.model_copy(update={
+        "sids": params.sids.model_copy(update={"out_dir": scratch / "sids",
+                                               "embeddings_cache": scratch / "embeddings"}),
+        "prompts": params.prompts.model_copy(update={"out_dir": scratch / "prompts"})})
+    run_build_sids(one)
+    assert files(params.path(params.sids.out_dir)) == files(scratch / "sids")
+    run_build_prompts(one)
+    assert files(params.path(params.prompts.out_dir)) == files(scratch / "prompts")
+
+    users = read_tables(params.path(params.data.validated_dir), names=("users",))["users"]["user_id"].tolist()
+    store = open_store(store_url(params))
+    try:
+        def snapshot() -> dict[int, tuple]:
+            found = {u: store.get(u) for u in users}
+            return {u: (c.ad_ids.tolist(), c.model_version, c.scores) for u, c in found.items() if c is not None}
+
+        sharded = snapshot()
+        run_nearline(params)  # unsharded, the same champion: a new snapshot replaces the sharded one
+        unsharded = snapshot()
+    finally:
+        store.close()
+    assert sharded and sharded.keys() == unsharded.keys()
+    for user, (ads, version, scores) in unsharded.items():
+        assert (sharded[user][0], sharded[user][1]) == (ads, version), user
+        np.testing.assert_allclose(sharded[user][2], scores, rtol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------ REST API
@@ -709,7 +793,7 @@ def test_rest_api_triggers_a_retrain_that_succeeds(tmp_path, prepared_data):
         run = wait_for("the retrain", finished, 15 * 60, proc, log, every=5)
         status, body = api.call("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{quoted}/taskInstances")
         states = {ti["task_id"]: ti["state"] for ti in body["task_instances"]}
-        assert run["state"] == "success" and states == dict.fromkeys(CHAIN, "success"), (
+        assert run["state"] == "success" and states == dict.fromkeys(TASKS, "success"), (
             f"{run['state']}: {states}; task logs under {home / 'logs'}")
         assert champion_version(params_file) is not None
         status, body = api.call("GET", f"/api/v2/dags/{DAG_ID}/dagRuns")

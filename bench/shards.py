@@ -1,0 +1,137 @@
+"""`python -m bench.shards`: prompts and near-line as 2 shards in parallel (2 processes) against 1 process.
+
+On a generated world (`--scale`, tiny by default): validate, S-IDs, prompts, tiny SFT + DPO, evaluate, gate and
+promote run once so that near-line has a champion; then each data-parallel step is timed through the real CLI:
+
+- 1 shard: `leadre prompts build` (or `leadre nearline`), one process;
+- 2 shards: `--shard 0/2` and `--shard 1/2` started together, then `--merge 2`.
+
+Every process runs one thread (prompts.workers 1, model.cpu_threads 1), so the comparison is processes on cores,
+not threads inside one process. users/s counts the whole wall time, process start-up and data loading included;
+the merge's share is its seconds over the sharded wall time (shards + merge).
+Targets (issue 18): 2 shards ≥ 1.7× the users/s of 1 shard on 2 cores; merge ≤ 10% of the sharded step's time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench import save_results
+
+TARGET_SPEEDUP, TARGET_MERGE_SHARE = 1.7, 0.10
+COMMANDS = {"prompts": ("prompts", "build"), "nearline": ("nearline",)}
+PASS = {"gate.min_relative_lift": -1.0, "gate.guardrails": {}}  # the tiny model must become champion
+
+
+def prepare(root: Path, scale: str) -> Path:
+    """A workspace with a champion: the retrain's steps once, tiny training settings."""
+    import pandas as pd
+
+    from leadre.data.generate import run_generate
+    from leadre.steps import run_step
+    from tests.conftest import FAST_TRAINING, write_params
+
+    settings = {**FAST_TRAINING, "world.scale": scale, "prompts.workers": 1, "evaluate.max_users": 60}
+    params = write_params(root, settings)
+    run_generate(params)
+    users = len(pd.read_parquet(params.path(params.data.generated_dir) / "users.parquet", columns=["user_id"]))
+    # about 8 chunks of users, so that 2 shards split the prompts evenly
+    write_params(root, {**settings, "prompts.users_per_chunk": max(1, -(-users // 8))})
+    params_file = root / "params.yaml"
+    for step in ("validate", "sids", "prompts", "sft", "dpo", "evaluate"):
+        print(f"  prepare: {step}", flush=True)
+        run_step(step, params_file)
+    run_step("gate", params_file, PASS)
+    run_step("promote", params_file)
+    return params_file
+
+
+def _leadre(params_file: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "leadre.cli", "--params", str(params_file), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _wait(*procs: subprocess.Popen) -> list[str]:
+    outputs = []
+    for proc in procs:
+        out, err = proc.communicate()
+        if proc.returncode:
+            raise RuntimeError(f"{' '.join(proc.args[3:])} exited {proc.returncode}: {err[-3000:]}")
+        outputs.append(out)
+    return outputs
+
+
+def _users(step: str, output: str, params_file: Path) -> int:
+    if step == "nearline":  # "near-line: N users from model version …"
+        return int(output.split("near-line: ", 1)[1].split(" users", 1)[0])
+    from leadre.config import load_params
+    from leadre.data.tables import read_tables
+
+    params = load_params(params_file)
+    return len(read_tables(params.path(params.data.validated_dir), names=("users",))["users"])
+
+
+def time_step(step: str, params_file: Path, shards: int = 2) -> dict:
+    command = COMMANDS[step]
+    started = time.perf_counter()
+    (output,) = _wait(_leadre(params_file, *command))
+    one = time.perf_counter() - started
+    users = _users(step, output, params_file)
+
+    started = time.perf_counter()
+    _wait(*[_leadre(params_file, *command, "--shard", f"{i}/{shards}") for i in range(shards)])
+    parallel = time.perf_counter() - started
+    started = time.perf_counter()
+    _wait(_leadre(params_file, *command, "--merge", str(shards)))
+    merge = time.perf_counter() - started
+    sharded = parallel + merge
+    return {"users": users, "one_shard_seconds": one, "shards": shards, "shards_seconds": parallel,
+            "merge_seconds": merge, "users_per_second_one": users / one, "users_per_second_sharded": users / sharded,
+            "speedup": one / sharded, "merge_share": merge / sharded}
+
+
+def report(result: dict) -> str:
+    lines = [f"scale {result['scale']}, {result['cpus']} CPUs (load average {result['load_average']})",
+             "| step | users | 1 shard users/s | 2 shards users/s | speedup | merge share |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for step, r in result["steps"].items():
+        lines.append(f"| {step} | {r['users']:,} | {r['users_per_second_one']:.1f} | "
+                     f"{r['users_per_second_sharded']:.1f} | {r['speedup']:.2f}× (target ≥ {TARGET_SPEEDUP}) | "
+                     f"{r['merge_share']:.1%} (target ≤ {TARGET_MERGE_SHARE:.0%}) |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.shards", description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", default="tiny", help="world.scale of the generated world (params.yaml's scales)")
+    parser.add_argument("--steps", default="prompts,nearline", help="comma-separated: prompts, nearline")
+    parser.add_argument("--keep", action="store_true", help="keep the workspace (printed)")
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="leadre-bench-shards-"))
+    try:
+        print(f"preparing a {args.scale} world with a champion in {root} …", flush=True)
+        params_file = prepare(root, args.scale)
+        steps = {step: time_step(step, params_file) for step in args.steps.split(",")}
+        result = {"scale": args.scale, "cpus": os.cpu_count(), "load_average": [round(x, 1) for x in os.getloadavg()],
+                  "steps": steps}
+        print(report(result))
+        print(json.dumps(result, indent=2))
+        print(f"\nsaved {save_results('shards', result)}")
+    finally:
+        if args.keep:
+            print(f"workspace kept: {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
