@@ -43,7 +43,7 @@ def bare_sft(params: Params, tokenizer_folder: Path) -> float:
     from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from leadre.train.common import precision
+    from leadre.train.common import device_arguments
     from leadre.train.data import SFT_COLUMNS, load_split
     from leadre.train.model import build_tiny
 
@@ -53,8 +53,8 @@ def bare_sft(params: Params, tokenizer_folder: Path) -> float:
     model, _ = build_tiny(params.model, tokenizer, cfg.seed)
     args = SFTConfig(output_dir=tempfile.mkdtemp(), num_train_epochs=1, learning_rate=cfg.learning_rate,
                      per_device_train_batch_size=cfg.batch_size, max_length=cfg.max_length, seed=cfg.seed,
-                     gradient_checkpointing=cfg.gradient_checkpointing, report_to="none", save_strategy="no",
-                     include_num_input_tokens_seen="non_padding", **precision())
+                     activation_checkpointing=cfg.gradient_checkpointing, report_to="none", save_strategy="no",
+                     include_num_input_tokens_seen="non_padding", **device_arguments())
     trainer = SFTTrainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer)
     started = time.perf_counter()
     trainer.train()
@@ -64,7 +64,7 @@ def bare_sft(params: Params, tokenizer_folder: Path) -> float:
 def bare_dpo(params: Params, sft_folder: Path) -> float:
     from trl import DPOConfig, DPOTrainer
 
-    from leadre.train.common import precision
+    from leadre.train.common import device_arguments
     from leadre.train.data import DPO_COLUMNS, load_split
     from leadre.train.model import load_trained
 
@@ -73,8 +73,8 @@ def bare_dpo(params: Params, sft_folder: Path) -> float:
     model, tokenizer = load_trained(sft_folder)
     args = DPOConfig(output_dir=tempfile.mkdtemp(), num_train_epochs=1, learning_rate=cfg.learning_rate,
                      per_device_train_batch_size=cfg.batch_size, max_length=cfg.max_length, beta=cfg.beta,
-                     seed=cfg.seed, gradient_checkpointing=cfg.gradient_checkpointing, report_to="none",
-                     save_strategy="no", include_num_input_tokens_seen="non_padding", **precision())
+                     seed=cfg.seed, activation_checkpointing=cfg.gradient_checkpointing, report_to="none",
+                     save_strategy="no", include_num_input_tokens_seen="non_padding", **device_arguments())
     trainer = DPOTrainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer)
     started = time.perf_counter()
     trainer.train()

@@ -404,6 +404,8 @@ class OrchestrationParams(_Section):
     retry_delay_minutes: float = Field(gt=0)
     retry_exponential_backoff: float = Field(ge=0)
     max_retry_delay_minutes: float = Field(gt=0)
+    # GPUs of each sft/dpo pod under runner: kubernetes, one training process per GPU (torchrun)
+    gpus_per_training_pod: int = Field(ge=1)
     # per step, overriding the defaults in leadre/steps.py; filled in with those, so every step has one
     execution_timeout_minutes: dict[str, float]
     shards: ShardCounts  # the trigger form's shard fields override these per run

@@ -318,7 +318,8 @@ def pod_task_kwargs(step: str, settings: OrchestrationSettings, k8s_settings: An
     """
     from leadre.orchestration.pods import KubernetesRunnerSettings, pod_operator_kwargs
 
-    k8s_settings = k8s_settings or KubernetesRunnerSettings.from_env()
+    k8s_settings = (k8s_settings or KubernetesRunnerSettings.from_env()).with_(
+        training_gpus=settings.gpus_per_training_pod)
     extra = GATE_POD_ARGS if step == GATE else ()
     kwargs = pod_operator_kwargs(step, k8s_settings, extra_args=extra)
     kwargs.update(step_task_kwargs(step, settings))

@@ -17,7 +17,10 @@ client (through `kubernetes.client.models`) and Airflow are imported inside the 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -80,7 +83,10 @@ class KubernetesRunnerSettings:
     # the steps whose table row asks for a GPU (sft, dpo, nearline)
     gpu_steps: frozenset[str] = field(default_factory=lambda: frozenset(n for n, step in STEPS.items() if step.gpu))
     gpu_resource: str = "nvidia.com/gpu"
-    gpu_count: int = 1
+    gpu_count: int = 1  # per pod of a GPU step that is no training step (near-line)
+    # GPUs per sft/dpo pod, one training process each (`torchrun --nproc_per_node`): params.yaml's
+    # orchestration.gpus_per_training_pod, which the DAG passes in
+    training_gpus: int = 1
     gpu_node_selector: Mapping[str, str] = field(default_factory=lambda: {"nvidia.com/gpu.present": "true"})
     gpu_tolerations: tuple[Mapping[str, str], ...] = field(default_factory=_default_gpu_tolerations)
     cpu_pod: PodResources = field(default_factory=lambda: PodResources(
@@ -135,6 +141,8 @@ class KubernetesRunnerSettings:
         return settings
 
     def check(self) -> None:
+        if self.training_gpus < 1:
+            raise ValueError(f"training_gpus must be at least 1, got {self.training_gpus}")
         unknown = sorted(set(self.gpu_steps) - set(STEPS))
         if unknown:
             raise ValueError(f"gpu_steps names unknown steps {unknown}; known: {', '.join(STEPS)}")
@@ -199,11 +207,11 @@ def pod_operator_kwargs(step: str, settings: KubernetesRunnerSettings | None = N
     settings = settings or KubernetesRunnerSettings()
     settings.check()
     gpu = step in settings.gpu_steps
-    pod_class = settings.gpu_pod if gpu else settings.cpu_pod
+    pod_class = pod_resources(step, settings)
     limits = dict(pod_class.limits)
     if gpu:
         # Extended resources are limits only: Kubernetes sets the request equal to the limit.
-        limits[settings.gpu_resource] = str(settings.gpu_count)
+        limits[settings.gpu_resource] = str(gpus_per_pod(step, settings))
 
     volumes = [
         k8s.V1Volume(name=ARTIFACTS_VOLUME, persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
@@ -225,7 +233,7 @@ def pod_operator_kwargs(step: str, settings: KubernetesRunnerSettings | None = N
         "namespace": settings.namespace,
         "image": (settings.gpu_image or settings.image) if gpu else settings.image,
         "image_pull_policy": settings.image_pull_policy,
-        "cmds": ["leadre"],
+        "cmds": step_command(step, settings),
         "arguments": step_arguments(step, settings, extra_args),
         "labels": {**settings.labels, "leadre.io/step": step},
         "container_resources": k8s.V1ResourceRequirements(requests=dict(pod_class.requests), limits=limits),
@@ -255,6 +263,108 @@ def pod_operator_kwargs(step: str, settings: KubernetesRunnerSettings | None = N
     return kwargs
 
 
+# ------------------------------------------------------------------------------------------ training pods
+
+# The steps that train (leadre/train): the ones a launcher runs as N data-parallel processes.
+TRAINING_STEPS = frozenset(name for name, step in STEPS.items() if step.function.startswith("leadre.train."))
+RENDEZVOUS_PORT = 29500  # torchrun's default master port
+TRAINING_WORKER_LABEL = {"leadre.io/role": "training-worker"}  # k8s/base/training.yaml lets these talk to each other
+
+
+def training_processes(step: str, settings: KubernetesRunnerSettings) -> int:
+    """Processes (= GPUs) one pod of `step` runs: `training_gpus` for sft/dpo on a GPU pod, else 1."""
+    return settings.training_gpus if step in TRAINING_STEPS and step in settings.gpu_steps else 1
+
+
+def gpus_per_pod(step: str, settings: KubernetesRunnerSettings) -> int:
+    return settings.training_gpus if step in TRAINING_STEPS else settings.gpu_count
+
+
+def pod_resources(step: str, settings: KubernetesRunnerSettings) -> PodResources:
+    """CPU pods, GPU pods, and training pods with N GPUs: N times a GPU pod's CPU and memory, since each process
+    has its own data loader, tokenised batches and host copy of the model."""
+    if step not in settings.gpu_steps:
+        return settings.cpu_pod
+    n = training_processes(step, settings)
+    pod = settings.gpu_pod
+    return PodResources(requests={k: _times(v, n) for k, v in pod.requests.items()},
+                        limits={k: _times(v, n) for k, v in pod.limits.items()})
+
+
+def _times(quantity: str, n: int) -> str:
+    """A Kubernetes quantity times n: "32Gi" × 2 → "64Gi", "4" × 2 → "8", "500m" × 2 → "1000m"."""
+    if n == 1:
+        return quantity
+    number = re.match(r"^(\d+(?:\.\d+)?)(.*)$", quantity)
+    if number is None:
+        raise ValueError(f"cannot scale the Kubernetes quantity {quantity!r}")
+    value = float(number.group(1)) * n
+    return f"{int(value) if value.is_integer() else value}{number.group(2)}"
+
+
+def step_command(step: str, settings: KubernetesRunnerSettings, *, nodes: int = 1,
+                 master_addr: str | None = None) -> list[str]:
+    """The container command before `step_arguments`: `leadre`, or torchrun starting one `leadre` per GPU.
+
+    One node: `--standalone` (torchrun's own rendezvous on localhost). Several nodes (an indexed Job, see
+    `training_job`): each pod is node `$JOB_COMPLETION_INDEX` and pod 0 the rendezvous address; the ranks
+    of pod 0 include global rank 0, the one that writes the model and the MLflow run.
+    """
+    processes = training_processes(step, settings)
+    if processes == 1 and nodes == 1:
+        return ["leadre"]
+    if nodes == 1:
+        where = ["--standalone"]
+    else:
+        where = [f"--nnodes={nodes}", "--node_rank=$(JOB_COMPLETION_INDEX)", f"--master_addr={master_addr}",
+                 f"--master_port={RENDEZVOUS_PORT}"]
+    return ["torchrun", f"--nproc_per_node={processes}", *where, "--no-python", "leadre"]
+
+
+def training_job(step: str, nodes: int, settings: KubernetesRunnerSettings | None = None, *,
+                 name: str | None = None, retrain_id: str | None = None) -> list[dict[str, Any]]:
+    """A multi-node run of sft or dpo: a headless Service and an Indexed Job of `nodes` pods with
+    `training_gpus` GPUs each (docs/scaling.md, "Multi-process training", says why not a PyTorchJob).
+
+    Each pod is the step's pod as `render_pod` builds it, made a worker: the indexed Job gives pod i the hostname
+    `<job>-i` and the completion index i; the Service (`subdomain`) makes `<job>-0.<service>` resolvable, the
+    rendezvous address of torchrun's static rendezvous. `retrain_id` names the MLflow parent run (none: a fresh
+    one; the step pods' "{{ run_id }}" is an Airflow template, unrendered outside a DAG). `backoffLimit: 0`: a lost worker breaks the collective, so
+    the whole run fails and the DAG's retry restarts it (`leadre sft --resume` picks up the last checkpoint).
+    """
+    if step not in TRAINING_STEPS:
+        raise ValueError(f"{step!r} is no training step; multi-node jobs run {', '.join(sorted(TRAINING_STEPS))}")
+    if nodes < 2:
+        raise ValueError(f"a multi-node job needs at least 2 nodes, got {nodes} (one node: the step's own pod)")
+    settings = settings or KubernetesRunnerSettings()
+    name = name or f"leadre-{step}-{nodes}x{settings.training_gpus}"
+    pod = render_pod(step, settings)
+    # without the operator's bookkeeping labels (airflow_version, ...): these pods are the Job's, not a task's
+    labels = {**{k: v for k, v in pod["metadata"]["labels"].items() if not k.startswith("airflow_")},
+              **TRAINING_WORKER_LABEL, "leadre.io/training-job": name}
+    spec = pod["spec"]
+    container = spec["containers"][0]
+    container["command"] = step_command(step, settings, nodes=nodes, master_addr=f"{name}-0.{name}")
+    env = [e for e in container.get("env", []) if e["name"] != "LEADRE_RETRAIN_ID"]
+    if retrain_id:
+        env.append({"name": "LEADRE_RETRAIN_ID", "value": retrain_id})
+    container["env"] = [*env, {"name": "JOB_COMPLETION_INDEX", "valueFrom": {"fieldRef": {
+        "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}}]
+    container["ports"] = [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT}]
+    spec["subdomain"] = name
+    metadata = {"name": name, "namespace": settings.namespace, "labels": labels}
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": metadata, "spec": {
+        "clusterIP": "None", "selector": {"leadre.io/training-job": name},
+        # DNS records before the pods are ready: the workers look each other up while they start
+        "publishNotReadyAddresses": True,
+        "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT, "targetPort": RENDEZVOUS_PORT}]}}
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": {
+        "completionMode": "Indexed", "completions": nodes, "parallelism": nodes, "backoffLimit": 0,
+        "ttlSecondsAfterFinished": 7 * 24 * 3600,
+        "template": {"metadata": {"labels": labels}, "spec": spec}}}
+    return [service, job]
+
+
 def _snake(toleration: Mapping[str, Any]) -> dict[str, Any]:
     """{"tolerationSeconds": 60} → {"toleration_seconds": 60}: manifests use camelCase, the client snake_case."""
     names = {"tolerationSeconds": "toleration_seconds"}
@@ -280,3 +390,27 @@ def render_pod(step: str, settings: KubernetesRunnerSettings | None = None, *, t
                                          **kwargs)
         pod = operator.build_pod_request_obj()
     return ApiClient().sanitize_for_serialization(pod)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m leadre.orchestration.pods training-job sft --nodes 2 --gpus 8 | kubectl apply -f -`"""
+    import argparse
+
+    import yaml
+
+    parser = argparse.ArgumentParser(prog="python -m leadre.orchestration.pods", description=main.__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    job = commands.add_parser("training-job", help="a multi-node sft/dpo run: headless Service + Indexed Job (YAML)")
+    job.add_argument("step", choices=sorted(TRAINING_STEPS))
+    job.add_argument("--nodes", type=int, required=True, help="pods, one per node")
+    job.add_argument("--gpus", type=int, default=1, help="GPUs (= training processes) per pod")
+    job.add_argument("--retrain-id", help="the MLflow parent run's retrain id (default: a fresh one)")
+    args = parser.parse_args(argv)
+    settings = KubernetesRunnerSettings.from_env(training_gpus=args.gpus)
+    with contextlib.redirect_stdout(sys.stderr):  # Airflow logs to stdout; stdout is for kubectl
+        docs = training_job(args.step, args.nodes, settings, retrain_id=args.retrain_id)
+    print(yaml.safe_dump_all(docs, sort_keys=False), end="")
+
+
+if __name__ == "__main__":
+    main()

@@ -67,6 +67,11 @@ def is_complete(checkpoint: Path) -> bool:
     return (checkpoint / COMPLETE_MARKER).is_file()
 
 
+def newest_complete_checkpoint(folder: Path) -> Path | None:
+    """The newest checkpoint whose save finished (read-only: what every rank resumes from)."""
+    return next((c for c in reversed(checkpoint_folders(folder)) if is_complete(c)), None)
+
+
 def last_complete_checkpoint(folder: Path) -> Path | None:
     """The newest checkpoint whose save finished; newer, incomplete ones are removed with a warning."""
     for checkpoint in reversed(checkpoint_folders(folder)):
@@ -79,13 +84,22 @@ def last_complete_checkpoint(folder: Path) -> Path | None:
 
 
 def prepare_checkpoints(folder: Path, resume: bool) -> str | None:
-    """The checkpoint to resume from, or None; a fresh run starts from an empty folder so no stale state leaks in."""
-    if resume:
-        found = last_complete_checkpoint(folder)
-        if found is None:
-            log.warning("--resume: no complete checkpoint in %s, starting from the beginning", folder)
-            return None
-        log.info("resuming from %s", found)
-        return str(found)
-    shutil.rmtree(folder, ignore_errors=True)
-    return None
+    """The checkpoint to resume from, or None; a fresh run starts from an empty folder so no stale state leaks in.
+
+    Under a launcher only rank 0 removes folders (N ranks deleting the same tree race each other); the others wait
+    for it and then find the same checkpoint.
+    """
+    from leadre.train import processes
+
+    if processes.is_main_process():
+        if resume:
+            found = last_complete_checkpoint(folder)
+            if found is None:
+                log.warning("--resume: no complete checkpoint in %s, starting from the beginning", folder)
+            else:
+                log.info("resuming from %s", found)
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+    processes.wait_for_everyone()
+    found = newest_complete_checkpoint(folder) if resume else None
+    return str(found) if found is not None else None

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from leadre.config import LoraParams, ModelParams, Params, _TrainerParams
 from leadre.bundle import write_bundle
+from leadre.errors import UserError
 from leadre.io import write_json
 from leadre.train.model import BUILTIN_TINY
+from leadre.train.progress import interactive
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +64,43 @@ def reproducibility_facts() -> dict[str, int]:
     return {"leadre.torch_threads": torch.get_num_threads()}
 
 
-def precision() -> dict[str, bool]:
-    """bf16 where the GPU supports it; full precision on CPU (TRL's bf16 default fails there)."""
+def device_arguments() -> dict[str, bool]:
+    """bf16 where the GPU supports it, full precision on CPU (TRL's bf16 default fails there); pinned host memory
+    only when there is a GPU to copy batches to (on CPU torch warns at every data loader that it cannot pin)."""
     import torch
 
-    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return {"bf16": bf16, "fp16": False}
+    gpu = torch.cuda.is_available()
+    # use_cpu: accelerate treats a launcher's ranks as a CPU process group (gloo) only when told it runs on CPU;
+    # without it each rank would train alone, on all the data, and write its own model
+    return {"bf16": gpu and torch.cuda.is_bf16_supported(), "fp16": False, "dataloader_pin_memory": gpu,
+            "use_cpu": not gpu}
 
 
-def trainer_arguments(cfg: _TrainerParams, checkpoints: Path, has_eval: bool) -> dict[str, Any]:
+def prepare_process(params: Params) -> None:
+    """What every training process does first, before any torch work: its CPU threads (per rank under a launcher),
+    the launcher's process group, quiet libraries."""
+    from leadre.train import processes, progress
+
+    processes.set_threads(params.model.cpu_threads)
+    processes.start()
+    progress.quiet_libraries()
+    score_only_supervised_positions()
+
+
+def batch_per_process(step: str, batch_size: int) -> int:
+    """`<step>.batch_size` is the batch of one optimizer step (before gradient accumulation), however many
+    processes share it: params describe the training, not the machine, so 1 and N processes take the same steps
+    on the same batches (the loss curves match within floating-point noise)."""
+    from leadre.train.processes import world_size
+
+    processes = world_size()
+    if batch_size % processes:
+        raise UserError(f"{step}.batch_size {batch_size} cannot be split evenly across {processes} training "
+                        f"processes: use a multiple of {processes}")
+    return batch_size // processes
+
+
+def trainer_arguments(step: str, cfg: _TrainerParams, checkpoints: Path, has_eval: bool) -> dict[str, Any]:
     """Keyword arguments shared by SFTConfig and DPOConfig (both extend transformers' TrainingArguments).
 
     `checkpoints` is `checkpoint_dir` resolved against params.yaml's folder (`params.path`), never the working
@@ -76,17 +108,23 @@ def trainer_arguments(cfg: _TrainerParams, checkpoints: Path, has_eval: bool) ->
     """
     every = cfg.checkpoint_every_steps
     strategy = "steps" if every else "epoch"
+    batch = batch_per_process(step, cfg.batch_size)
     return dict(
         output_dir=str(checkpoints), num_train_epochs=cfg.epochs, learning_rate=cfg.learning_rate,
-        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
+        per_device_train_batch_size=batch, per_device_eval_batch_size=batch,
+        # every parameter that trains takes part in every forward pass (full fine-tuning, or LoRA with its token
+        # rows): DDP's search for unused ones is an extra pass over the graph per step for nothing
+        ddp_find_unused_parameters=False,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, warmup_steps=cfg.warmup_ratio,
-        weight_decay=cfg.weight_decay, max_length=cfg.max_length, gradient_checkpointing=cfg.gradient_checkpointing,
+        weight_decay=cfg.weight_decay, max_length=cfg.max_length,
+        # the name transformers 5 reads (`gradient_checkpointing` is its deprecated alias and warns)
+        activation_checkpointing=cfg.gradient_checkpointing,
         logging_steps=cfg.logging_steps, seed=cfg.seed, data_seed=cfg.seed,
         save_strategy=strategy, save_steps=every or None, save_total_limit=2,
         eval_strategy=strategy if has_eval else "no", eval_steps=every or None,
         load_best_model_at_end=has_eval, metric_for_best_model="eval_loss", greater_is_better=False,
         report_to=["mlflow"], dataloader_num_workers=0, include_num_input_tokens_seen="non_padding",
-        **precision())
+        disable_tqdm=not interactive(), **device_arguments())
 
 
 def new_token_ids(tokenizer, sid_tokens: list[str]) -> list[int]:
@@ -109,3 +147,33 @@ def log_bundle(params: Params, folder: Path) -> None:
 
     if params.tracking.log_models:
         mlflow.log_artifacts(str(folder), artifact_path="model")
+
+
+@contextmanager
+def main_process_run(params: Params, step: str, inputs: dict[str, Path]) -> Iterator[Any]:
+    """The step's MLflow run on rank 0 (None on the other ranks: one run per step, however many processes train).
+
+    The trainer's MLflow callback logs from rank 0 only, into this active run.
+    """
+    from leadre.train import processes
+
+    if processes.is_main_process():
+        from leadre.tracking import step_run
+
+        with step_run(params, step, inputs) as run:
+            yield run
+    else:
+        yield None
+
+
+def finish_on_main(params: Params, cfg: _TrainerParams, step: str, final, tokenizer, meta: dict[str, Any],
+                   metrics: dict[str, float]) -> None:
+    """Rank 0's writes at the end of a step: the bundle, the run's final metrics and model, the DVC metrics file."""
+    import mlflow
+
+    target = params.path(cfg.out_dir)
+    save_bundle(params, final, tokenizer, target, {"step": step, "base_model": params.model.base_model, **meta,
+                                                   "metrics": metrics})
+    mlflow.log_metrics({f"final.{k}": v for k, v in metrics.items()})
+    log_bundle(params, target)
+    log_metrics_file(params.path(cfg.metrics_file), metrics)

@@ -15,6 +15,7 @@ from typing import Any
 
 from leadre.config import ModelParams
 from leadre.errors import UserError
+from leadre.train.processes import from_main_process
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +142,13 @@ def load_model(model: ModelParams, corpus: Iterable[str], sid_tokens: list[str],
 
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_folder), padding_side="left")
     else:
-        tokenizer = train_tokenizer(corpus, model.tiny.vocab_size)
-        add_sid_tokens(tokenizer, sid_tokens)
+        def trained():
+            tokenizer = train_tokenizer(corpus, model.tiny.vocab_size)
+            add_sid_tokens(tokenizer, sid_tokens)
+            return tokenizer
+
+        # under a launcher every rank must see the same vocabulary: rank 0 trains it and sends it to the others
+        tokenizer = from_main_process(trained)
     return build_tiny(model, tokenizer, seed)
 
 

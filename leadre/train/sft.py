@@ -15,7 +15,6 @@ from typing import Any
 
 from leadre.config import Params
 from leadre.sids.build import sid_vocabulary
-from leadre.runtime import set_cpu_threads
 from leadre.train import common
 from leadre.train.data import SFT_COLUMNS, corpus, load_split
 from leadre.train.model import (
@@ -33,11 +32,10 @@ def run_sft(params: Params, resume: bool = False) -> dict[str, Any]:
     from transformers import EarlyStoppingCallback
     from trl import SFTConfig, SFTTrainer
 
-    from leadre.tracking import step_run
-    from leadre.train import checkpointing  # imports transformers
+    from leadre.train import checkpointing, processes, progress  # import transformers
 
-    common.score_only_supervised_positions()
-    set_cpu_threads(params.model.cpu_threads)
+    common.prepare_process(params)
+    main = processes.is_main_process()
     cfg = params.sft
     if params.model.base_model != BUILTIN_TINY:
         check_causal_lm(params.model.base_model)  # before any data is read: a wrong path fails at once
@@ -49,12 +47,13 @@ def run_sft(params: Params, resume: bool = False) -> dict[str, Any]:
     model, tokenizer = load_model(params.model, corpus(train, params.model.tiny.tokenizer_corpus_rows), sid_tokens,
                                   cfg.seed, tokenizer_folder=resume_from)
     # the baseline the validation loss must beat: main-task responses' token frequencies, prompt ignored
-    baseline = unigram_loss(tokenizer, train.filter(lambda row: row["task"] == "main"), valid) if len(valid) else None
+    baseline = (unigram_loss(tokenizer, train.filter(lambda row: row["task"] == "main"), valid)
+                if main and len(valid) else None)
     train = train.remove_columns("task")
     use_lora = common.lora_enabled(cfg.lora, params.model)
     peft = (common.lora_config(cfg.lora, common.new_token_ids(tokenizer, sid_tokens), common.tied(model))
             if use_lora else None)
-    args = SFTConfig(**common.trainer_arguments(cfg, checkpoints, has_eval=len(valid) > 0), run_name="sft",
+    args = SFTConfig(**common.trainer_arguments("sft", cfg, checkpoints, has_eval=len(valid) > 0), run_name="sft",
                      completion_only_loss=cfg.completion_only_loss)
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=train, eval_dataset=valid if len(valid) else None,
@@ -62,31 +61,35 @@ def run_sft(params: Params, resume: bool = False) -> dict[str, Any]:
         peft_config=peft,
         callbacks=[checkpointing.MarkCheckpointComplete(),
                    *([EarlyStoppingCallback(cfg.early_stopping_patience)] if cfg.early_stopping_patience else [])])
+    progress.readable_progress(trainer, "sft")
+    if common.tied(model):
+        progress.quiet_tied_head_reload()
     inputs = {"prompts": params.path(params.prompts.out_dir), "sids": params.path(params.sids.out_dir)}
-    with step_run(params, "sft", inputs) as run:
-        import mlflow
+    with common.main_process_run(params, "sft", inputs) as run:
+        if run is not None:
+            import mlflow
 
-        mlflow.log_params({"leadre.base_model": params.model.base_model, "leadre.lora": use_lora,
-                           "leadre.train_rows": len(train), "leadre.eval_rows": len(valid),
-                           "leadre.parameters": parameter_count(model), **common.reproducibility_facts()})
+            mlflow.log_params({"leadre.base_model": params.model.base_model, "leadre.lora": use_lora,
+                               "leadre.train_rows": len(train), "leadre.eval_rows": len(valid),
+                               "leadre.parameters": parameter_count(model), "leadre.processes": args.world_size,
+                               **common.reproducibility_facts()})
         started = time.perf_counter()
         result = trainer.train(resume_from_checkpoint=resume_from)
         seconds = time.perf_counter() - started
+        # num_input_tokens_seen is summed over all ranks: the rate is the whole group's
         metrics = {"train_loss": result.training_loss, "train_seconds": seconds,
                    "train_tokens_per_second": trainer.state.num_input_tokens_seen / seconds
                    if trainer.state.num_input_tokens_seen else 0.0,
                    "epochs": trainer.state.epoch or 0.0, "global_step": trainer.state.global_step}
         if len(valid):
-            evaluation = trainer.evaluate()
+            evaluation = trainer.evaluate()  # every rank: evaluation is split across them like training
             metrics["eval_loss"] = evaluation["eval_loss"]
             metrics["eval_perplexity"] = math.exp(min(evaluation["eval_loss"], 50))
-            metrics["eval_unigram_baseline_loss"] = baseline
-        final = trainer.model.merge_and_unload() if use_lora else trainer.model
-        target = params.path(cfg.out_dir)
-        common.save_bundle(params, final, tokenizer, target, {
-            "step": "sft", "base_model": params.model.base_model, "run_id": run.info.run_id, "lora_merged": use_lora,
-            "sid_tokens": len(sid_tokens), "metrics": metrics})
-        mlflow.log_metrics({f"final.{k}": v for k, v in metrics.items()})
-        common.log_bundle(params, target)
-        common.log_metrics_file(params.path(cfg.metrics_file), metrics)
+            if main:
+                metrics["eval_unigram_baseline_loss"] = baseline
+        if run is not None:
+            final = trainer.model.merge_and_unload() if use_lora else trainer.model
+            common.finish_on_main(params, cfg, "sft", final, tokenizer, {
+                "run_id": run.info.run_id, "lora_merged": use_lora, "sid_tokens": len(sid_tokens)}, metrics)
+    processes.finish()
     return metrics

@@ -109,7 +109,10 @@ from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperato
 accepted = set(inspect.signature(KubernetesPodOperator.__init__).parameters)
 unknown = sorted(set().union(*(pods.pod_operator_kwargs(s) for s in STEPS)) - accepted)
 rendered = {step: pods.render_pod(step) for step in STEPS}
-print(json.dumps({"heavy_imports": heavy, "unknown_kwargs": unknown, "pods": rendered}))
+four_gpus = pods.KubernetesRunnerSettings(training_gpus=4)
+training = {"pods": {step: pods.render_pod(step, four_gpus) for step in ("sft", "dpo", "nearline")},
+            "job": pods.training_job("sft", 3, four_gpus, retrain_id="weekly-42")}
+print(json.dumps({"heavy_imports": heavy, "unknown_kwargs": unknown, "pods": rendered, "training": training}))
 """
 
 
@@ -499,6 +502,79 @@ def test_gpu_steps_get_a_gpu_node_and_cpu_steps_do_not(step_pods, step):
     else:
         assert GPU not in limits
         assert not spec.get("nodeSelector") and not spec.get("tolerations")
+
+
+def test_training_pods_ask_for_n_gpus_and_launch_n_processes(step_pods, validator):
+    rendered = step_pods["training"]["pods"]
+    assert schema_errors(validator, list(rendered.values())) == []
+    one_gpu = step_pods["pods"]["sft"]["spec"]["containers"][0]["resources"]
+    for step in ("sft", "dpo"):
+        container = rendered[step]["spec"]["containers"][0]
+        assert container["command"] == ["torchrun", "--nproc_per_node=4", "--standalone", "--no-python", "leadre"]
+        assert container["args"] == ["--params", "/workspace/params.yaml", step]  # the DAG's -S go in here
+        resources = container["resources"]
+        assert resources["limits"][GPU] == "4"
+        # four processes: four data loaders and four host copies of the model (one GPU: 4 CPUs, 32Gi)
+        assert one_gpu["requests"] == {"cpu": "4", "memory": "32Gi"}
+        assert resources["requests"] == {"cpu": "16", "memory": "128Gi"}
+    nearline = rendered["nearline"]["spec"]["containers"][0]
+    assert nearline["command"] == ["leadre"] and nearline["resources"]["limits"][GPU] == "1"
+
+
+def test_the_dag_gives_training_pods_the_gpus_params_yaml_asks_for():
+    from leadre.orchestration import dag_support as ds
+
+    base = ds.load_settings(REPO / "params.yaml", environ={})
+    assert base.gpus_per_training_pod == 1
+    settings = base.model_copy(update={"gpus_per_training_pod": 2})
+    kwargs = ds.pod_task_kwargs("sft", settings, pods.KubernetesRunnerSettings())
+    assert kwargs["cmds"][:2] == ["torchrun", "--nproc_per_node=2"]
+    assert kwargs["container_resources"].limits[GPU] == "2"
+    assert ds.pod_task_kwargs("evaluate", settings, pods.KubernetesRunnerSettings())["cmds"] == ["leadre"]
+    with pytest.raises(ValueError, match="training_gpus"):
+        pods.KubernetesRunnerSettings(training_gpus=0).check()
+
+
+def test_multi_node_training_is_an_indexed_job_behind_a_headless_service(step_pods, validator):
+    service, job = step_pods["training"]["job"]
+    assert schema_errors(validator, [service, job]) == []
+    name = job["metadata"]["name"]
+    spec = job["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 3, 3)
+    assert spec["backoffLimit"] == 0  # one lost worker breaks the collective: fail, and let the DAG retry
+    pod = spec["template"]["spec"]
+    # pod i is <job>-i.<service>: the Service is headless, selects exactly these pods and is the pods' subdomain
+    assert service["spec"]["clusterIP"] == "None" and pod["subdomain"] == service["metadata"]["name"]
+    assert service["spec"]["selector"].items() <= spec["template"]["metadata"]["labels"].items()
+    assert spec["template"]["metadata"]["labels"]["leadre.io/role"] == "training-worker"
+    assert not [key for key in spec["template"]["metadata"]["labels"] if key.startswith("airflow")]
+    container = pod["containers"][0]
+    assert container["command"] == [
+        "torchrun", "--nproc_per_node=4", "--nnodes=3", "--node_rank=$(JOB_COMPLETION_INDEX)",
+        f"--master_addr={name}-0.{service['metadata']['name']}", "--master_port=29500", "--no-python", "leadre"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["JOB_COMPLETION_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"] == (
+        "metadata.annotations['batch.kubernetes.io/job-completion-index']")
+    assert env["LEADRE_RETRAIN_ID"]["value"] == "weekly-42"  # no unrendered Airflow template outside a DAG
+    assert container["args"] == ["--params", "/workspace/params.yaml", "sft"]
+    assert container["resources"]["limits"][GPU] == "4" and pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert pod["restartPolicy"] == "Never" and container["securityContext"]["readOnlyRootFilesystem"] is True
+    with pytest.raises(ValueError, match="no training step"):
+        pods.training_job("evaluate", 2)
+    with pytest.raises(ValueError, match="at least 2 nodes"):
+        pods.training_job("sft", 1)
+
+
+@needs_kubectl
+def test_training_workers_reach_each_other_on_any_port_and_nobody_else_reaches_them(rendered):
+    policies = [d for d in rendered["prod"] if d["kind"] == "NetworkPolicy"]
+    worker = {**pods.KubernetesRunnerSettings().labels, "leadre.io/step": "sft", **pods.TRAINING_WORKER_LABEL}
+    mlflow = find(rendered["prod"], "Deployment", "leadre-mlflow")["spec"]["template"]["metadata"]["labels"]
+    for port in (29500, 43127):  # the rendezvous, and a port NCCL picks at run time
+        assert reachable(policies, worker, worker, port)
+        assert not reachable(policies, {"app": "debug-shell"}, worker, port)
+        assert not reachable(policies, {**worker, "leadre.io/role": "other"}, worker, port)
+    assert reachable(policies, worker, mlflow, 5000)  # rank 0 still logs its run
 
 
 def test_settings_from_env_and_unknown_steps():

@@ -234,3 +234,19 @@ def _encoder_folder(root: Path) -> Path:
     DistilBertConfig(vocab_size=50, dim=16, n_layers=1, n_heads=2, hidden_dim=32).save_pretrained(folder)
     return folder
 
+
+
+def test_training_log_outside_a_terminal_is_lines_not_dicts_bars_or_library_warnings(tmp_path, prepared_data):
+    params = prepared_workspace(tmp_path, prepared_data, {**SHORT_RUNS, "sft.max_eval_examples": 8})
+    command = [sys.executable, "-m", "leadre.cli", "--params", str(params.root / "params.yaml"), "sft"]
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                            timeout=600)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "\r" not in output, "progress bars redraw with carriage returns"
+    assert not [line for line in output.splitlines() if line.lstrip().startswith("{'")], output[-3000:]
+    for line in ("sft step 5/10 loss", "sft eval at step 5: eval_loss", "sft trained 10 steps in"):
+        assert line in output, output[-3000:]
+    # the tiny model's head is tied: reloading the best checkpoint "misses" lm_head.weight, which is the embedding
+    for noise in ("Warning", "pin_memory", "lm_head.weight", "gradient_checkpointing"):
+        assert noise not in output, output[-3000:]
