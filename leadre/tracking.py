@@ -35,7 +35,8 @@ EXPERIMENT_KIND = "custom_model_development"
 # can be told apart in a compare view; a step's own sections come from the step table (leadre/steps.py)
 SHARED_PARAM_SECTIONS = ("prompts.features", "model.base_model")
 # transformers' MLflow callback logs every TrainingArguments field (~170) as a param, burying ours in the compare
-# view; this, its documented limit, turns that off, and `log_training_arguments` keeps them as one JSON artifact
+# view; this, its documented limit, turns that off in a `step_run(..., training=True)`, where the step keeps them as
+# one JSON artifact with `log_training_arguments`
 HF_MAX_PARAMS_ENV = "MLFLOW_MAX_LOG_PARAMS"
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
 # The user's own setting, read once at import: MLflow writes the variable into os.environ whenever a tracking URI
@@ -141,9 +142,13 @@ def mlflow_name(key: str) -> str:
 
 
 @contextmanager
-def step_run(params: Params, step: str, inputs: dict[str, Path] | None = None) -> Iterator[Any]:
+def step_run(params: Params, step: str, inputs: dict[str, Path] | None = None,
+             training: bool = False) -> Iterator[Any]:
     """A nested MLflow run for `step` under its retrain's parent run, tagged with the code and data versions and
-    carrying the params the step reads (its sections of the step table) plus the shared upstream ones."""
+    carrying the params the step reads (its sections of the step table) plus the shared upstream ones.
+
+    `training`: a Trainer runs inside and logs its TrainingArguments with `log_training_arguments`, so its MLflow
+    callback logs none as params."""
     import mlflow
 
     from leadre.steps import STEPS
@@ -155,7 +160,8 @@ def step_run(params: Params, step: str, inputs: dict[str, Path] | None = None) -
             **{f"data.{name}.md5": dvc_md5(path) for name, path in (inputs or {}).items()}}
     sections = STEPS[step].params if step in STEPS else ()
     previous_limit = os.environ.get(HF_MAX_PARAMS_ENV)
-    os.environ[HF_MAX_PARAMS_ENV] = "0"
+    if training:
+        os.environ[HF_MAX_PARAMS_ENV] = "0"
     try:
         with mlflow.start_run(run_id=parent):
             with mlflow.start_run(run_name=step, nested=True, experiment_id=experiment_id, tags=tags,
