@@ -120,6 +120,9 @@ def _ablate_recipe(root: Path) -> list[str]:
 
 
 def test_an_experiment_previews_with_dry_and_the_ablation_recipe_queues(clone: Path):
+    _run(clone, "dvc", "repro")
+    # an experiment starts from what git tracks: dvc.lock is tracked in the repository (this copy made it afresh)
+    _run(clone, "git", "add", "dvc.lock")
     # plain `dvc exp run --dry` fails in DVC 3.67 for any pipeline whose stages feed each other (docs/experiments.md)
     preview = _run(clone, "dvc", "exp", "run", "--dry", "--allow-missing", "-S", "prompts.features.profile=false")
     assert "Running stage 'prompts'" in preview and "Stage 'generate' didn't change" in preview
