@@ -119,18 +119,16 @@ def _ablate_recipe(root: Path) -> list[str]:
     return [line.strip() for line in printed.splitlines() if line.strip().startswith(("dvc", "for facet"))]
 
 
-def test_an_experiment_previews_with_dry_and_the_ablation_recipe_queues(clone: Path):
-    _run(clone, "dvc", "repro")
-    # an experiment starts from what git tracks: dvc.lock is tracked in the repository (this copy made it afresh)
-    _run(clone, "git", "add", "dvc.lock")
-    # plain `dvc exp run --dry` fails in DVC 3.67 for any pipeline whose stages feed each other (docs/experiments.md)
-    preview = _run(clone, "dvc", "exp", "run", "--dry", "--allow-missing", "-S", "prompts.features.profile=false")
-    assert "Running stage 'prompts'" in preview and "Stage 'generate' didn't change" in preview
+def test_an_experiment_previews_from_the_queue_and_the_ablation_recipe_parses(clone: Path):
+    # `dvc exp run --dry` cannot work in DVC 3.67 here (docs/experiments.md); a queued experiment is the preview
     recipe = _ablate_recipe(clone)
     assert recipe[0].startswith("for facet in profile long_term short_term content; do")
-    assert recipe[-2:] == ["dvc exp run --run-all --jobs 1", recipe[-1]] and recipe[-1].startswith("dvc exp show --md")
+    assert recipe[-2] == "dvc exp run --run-all --jobs 1" and recipe[-1].startswith("dvc exp show --md")
     _run(clone, "dvc", "exp", "run", "--queue", "-n", "no-profile", "-S", "prompts.features.profile=false")
     assert "no-profile" in _run(clone, "dvc", "queue", "status")
+    preview = _run(clone, "dvc", "exp", "show", "--md", "--no-pager", "--only-changed")
+    row = next(line for line in preview.splitlines() if "no-profile" in line)
+    assert "Queued" in row and "False" in row
     _run(clone, "dvc", "queue", "remove", "--queued")
 
 
