@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 # one MLflow parent run per `make run`: every step's run nests under it (see leadre/tracking.py)
 export LEADRE_RETRAIN_ID ?= make-$(shell date -u +%Y%m%dT%H%M%S)
 
-.PHONY: install system-packages run test bench airflow lock clean
+.PHONY: install system-packages run test bench airflow lock clean ablate
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,17 @@ run: install  ## the main job: `dvc repro` of the whole pipeline on the embedded
 	leadre nearline
 	@echo
 	@leadre status
+
+# the paper's feature ablation: one DVC experiment per prompt facet switched off, queued, run one at a time (each in a
+# temporary copy of the repository), then one table of their headline metrics. Experiments never register or promote
+# (leadre/registry/models.py registry_hold); docs/experiments.md
+PROMPT_FACETS := profile long_term short_term content
+ablate: install  ## the four prompt-feature ablations as DVC experiments, then one comparison table (hours at default)
+	for facet in $(PROMPT_FACETS); do \
+	  dvc exp run --queue -n no-$$facet -S prompts.features.$$facet=false || exit 1; \
+	done
+	dvc exp run --run-all --jobs 1
+	dvc exp show --md --no-pager --hide-queued --drop '.*' --keep 'Experiment|State|candidate\.|lift\.|prompts\.features\.'
 
 test: install  ## the whole suite (CI calls exactly this)
 	pytest

@@ -340,32 +340,43 @@ def evaluate() -> None:
         f"{name} {primary}={values[primary]:.4f}" for name, values in summary["methods"].items()))
 
 
+NO_REGISTER_HELP = ("leave the registry alone: no new version, no alias moved (implied in a `dvc exp run` and for a "
+                    "prompts.features ablation)")
+
+
 def gate(
     xcom: Annotated[Path | None, typer.Option(help="also write the decision JSON here (a Kubernetes pod's "
                                                    "/airflow/xcom/return.json)")] = None,
+    no_register: Annotated[bool, typer.Option("--no-register", help=NO_REGISTER_HELP)] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the decision only: nothing registered, logged "
+                                                            "to MLflow or written")] = False,
 ) -> None:
     params = current_params()
-    decision = _step("gate")(params)
+    decision = _step("gate")(params, register=not no_register, dry_run=dry_run)
     if xcom is not None:
         from leadre.io import write_json
 
         write_json(xcom, decision)
     verdict = "PASSED" if decision["passed"] else "FAILED"
-    typer.echo(f"gate {verdict} against {decision['reference']} (challenger version "
-               f"{decision['challenger_version']}):\n  " + "\n  ".join(decision["reasons"]))
+    registered = (f"challenger version {decision['challenger_version']}" if decision["challenger_version"]
+                  else f"not registered: {decision['registry_skipped']}")
+    typer.echo(f"gate {verdict} against {decision['reference']} ({registered}):\n  " + "\n  ".join(decision["reasons"]))
 
 
 def promote(
     force: Annotated[bool, typer.Option("--force", help="promote even a version that was rolled back (recorded on "
                                                         "the version)")] = False,
+    no_register: Annotated[bool, typer.Option("--no-register", help=NO_REGISTER_HELP)] = False,
 ) -> None:
     params = current_params()
     run_promote = _step("promote")
     if force and "force" not in inspect.signature(run_promote).parameters:
         raise UserError("promote --force: this version of leadre.registry.promote cannot force a promotion")
-    result = run_promote(params, **({"force": True} if force else {}))
+    result = run_promote(params, **({"force": True} if force else {}), register=not no_register)
     if result["promoted"]:
         typer.echo(f"champion is now version {result['champion']} (was {result['previous']})")
+    elif result.get("skipped"):
+        typer.echo(f"not promoted: {result['skipped']}; champion stays {result['champion']}")
     else:
         typer.echo(f"not promoted: the gate failed; champion stays {result['champion']}")
 

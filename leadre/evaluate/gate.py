@@ -9,6 +9,9 @@ champion yet, the best on the primary metric of the baselines that evaluation ra
 Anything the decision rests on that is missing or NaN fails it, with a reason: a gate that cannot tell, says no.
 Whatever the decision, the candidate is registered as a model version under the `challenger` alias, with the
 decision and metrics as tags; only `leadre promote` moves `champion`, and only a version whose tag says it passed.
+Except where the run must leave the registry alone (`registry_hold`: a DVC experiment, a feature ablation,
+`--no-register`): then the decision is made, logged and written all the same, and nothing is registered.
+`--dry-run` decides and writes nothing at all.
 """
 
 from __future__ import annotations
@@ -24,6 +27,10 @@ from leadre.config import GateParams, Params
 from leadre.evaluate import CANDIDATE
 from leadre.io import read_json, write_json
 from leadre.registry.models import GATE_PASSED_TAG, GATE_REASONS_TAG
+
+# what a retrain is judged by at a glance: `dvc metrics show`/`dvc exp show` (evaluate.metrics_file) and the parent
+# MLflow run; every metric of every method stays in the evaluation's summary.json
+HEADLINE_METRICS = ("ndcg@10", "hr@10", "coverage", "industry_diversity", "mean_ecpm", "validity")
 
 @dataclass
 class Decision:
@@ -42,6 +49,7 @@ class Decision:
     reasons: list[str] = field(default_factory=list)
     guardrails: dict[str, dict[str, float]] = field(default_factory=dict)
     challenger_version: str | None = None
+    registry_skipped: str | None = None  # why the candidate was not registered (see `registry_hold`)
     decided_at: str = ""
 
     def fail(self, reason: str) -> None:
@@ -158,26 +166,59 @@ def _check_primary(decision: Decision, new: Any, old: Any, interval: dict[str, f
         decision.fail(f"{described}; not above the {min_lift:+.2%} required")
 
 
-def run_gate(params: Params, register: bool = True) -> dict[str, Any]:
+def headline_metrics(methods: Mapping[str, Mapping[str, float]], lifts: Mapping[str, Any], gate: GateParams,
+                     baselines: Sequence[str] = ()) -> dict[str, dict[str, float]]:
+    """The candidate's headline metrics (and the gate's), and the interval of its primary metric's lift over the
+    reference the gate compares with (omitted when there is none to compare with)."""
+    candidate = methods.get(CANDIDATE, {})
+    names = dict.fromkeys((gate.primary_metric, *HEADLINE_METRICS, *gate.guardrails))
+    headline: dict[str, dict[str, float]] = {"candidate": {m: candidate[m] for m in names if m in candidate}}
+    try:
+        reference, _, _ = _reference(dict(methods), gate.primary_metric, baselines)
+    except ValueError:
+        return headline
+    interval = _interval(lifts, reference, gate.primary_metric)
+    if interval is not None:
+        headline[f"lift.{gate.primary_metric}"] = {end: interval[end] for end in ("lift", "low", "high")}
+    return headline
+
+
+def run_gate(params: Params, register: bool = True, dry_run: bool = False) -> dict[str, Any]:
     """Decide, register the candidate as the challenger with the decision as its tags, write the decision file.
 
     The registry's tags are the decision that counts (promotion reads them); the decision file is a report for people.
+    `register=False` (and any run `registry_hold` names) decides, logs and writes the decision without registering;
+    `dry_run` only returns it.
     """
     evaluation = read_json(params.path(params.evaluate.reports_dir) / "summary.json")
-    decision = decide(evaluation["methods"], evaluation.get("lifts", {}), params.gate,
-                      evaluation.get("baselines", ()))
-    if register:
-        from leadre.registry.models import register_candidate
-        from leadre.tracking import dvc_md5, step_run
+    baselines = evaluation.get("baselines", ())
+    decision = decide(evaluation["methods"], evaluation.get("lifts", {}), params.gate, baselines)
+    if dry_run:
+        decision.registry_skipped = "--dry-run: nothing registered, logged or written"
+        return asdict(decision)
+    from leadre.registry.models import register_candidate, registry_hold
+    from leadre.tracking import dvc_md5, log_to_parent, mlflow_name, step_run
 
-        bundle = params.path(params.evaluate.candidate_dir)
-        inputs = {"candidate_model": bundle, "prompts": params.path(params.prompts.out_dir),
-                  "validated": params.path(params.data.validated_dir)}
-        with step_run(params, "gate", inputs) as run:
-            import mlflow
+    hold = registry_hold(params, register)
+    decision.registry_skipped = hold
+    bundle = params.path(params.evaluate.candidate_dir)
+    inputs = {"candidate_model": bundle, "prompts": params.path(params.prompts.out_dir),
+              "validated": params.path(params.data.validated_dir)}
+    with step_run(params, "gate", inputs) as run:
+        import mlflow
 
-            mlflow.log_dict(asdict(decision), "gate.json")
-            mlflow.log_metric("gate.passed", float(decision.passed))
+        mlflow.log_dict(asdict(decision), "gate.json")
+        mlflow.log_metric("gate.passed", float(decision.passed))
+        headline = headline_metrics(evaluation["methods"], evaluation.get("lifts", {}), params.gate, baselines)
+        # the retrain's row in the runs table: how the candidate did, and what the gate made of it
+        log_to_parent(run, {mlflow_name(f"{group}.{name}"): value for group, values in headline.items()
+                            for name, value in values.items()} | {"gate.passed": float(decision.passed)},
+                      {GATE_PASSED_TAG: str(decision.passed), GATE_REASONS_TAG: json.dumps(decision.reasons),
+                       "leadre.gate_reference": decision.reference,
+                       **({"leadre.registry_skipped": hold} if hold else {})})
+        if hold is not None:
+            mlflow.set_tag("leadre.registry_skipped", hold)
+        else:
             candidate = evaluation["methods"][CANDIDATE]
             # the run's own tags first, so nothing in them can overwrite the decision's
             tags = {**run.data.tags, GATE_PASSED_TAG: str(decision.passed),
@@ -189,10 +230,10 @@ def run_gate(params: Params, register: bool = True) -> dict[str, Any]:
                     "leadre.gate_lift_high": decision.lift_high, "leadre.gate_lift_confidence": decision.confidence,
                     "leadre.evaluate_run_id": evaluation.get("run_id", ""), "leadre.gate_run_id": run.info.run_id,
                     "leadre.base_model": params.model.base_model,
-                    # MLflow names allow no "@": ndcg@10 is tagged metric.ndcg_at_10
-                    **{f"metric.{k.replace('@', '_at_')}": round(v, 6) for k, v in candidate.items() if "." not in k},
+                    **{f"metric.{mlflow_name(k)}": round(v, 6) for k, v in candidate.items() if "." not in k},
                     **{f"data.{name}.md5": dvc_md5(path) for name, path in inputs.items()}}
             tags = {k: v for k, v in tags.items() if not k.startswith("mlflow.") or k == "mlflow.source.git.commit"}
             decision.challenger_version = register_candidate(params, bundle, tags)
+            log_to_parent(run, {}, {"leadre.challenger_version": decision.challenger_version})
     write_json(params.path(params.gate.decision_file), asdict(decision))
     return asdict(decision)

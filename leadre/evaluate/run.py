@@ -235,8 +235,12 @@ def run_evaluate(params: Params) -> dict[str, Any]:
         out_dir = params.path(ev.reports_dir)
         write_reports(params, summary, out_dir)
         log.info("evaluate: report %s", out_dir / "report.html")
-        write_json(params.path(ev.metrics_file), {name: {k: round(v, 6) for k, v in values.items()}
-                                                   for name, values in methods.items()})
+        # DVC metrics (`dvc metrics show`, `dvc exp show`): the headline only; summary.json keeps every metric
+        from leadre.evaluate.gate import headline_metrics
+
+        headline = headline_metrics(methods, lifts, params.gate, baseline_names)
+        write_json(params.path(ev.metrics_file), {group: {k: round(v, 6) for k, v in values.items()}
+                                                   for group, values in headline.items()})
         for name, values in methods.items():
             mlflow.log_metrics({f"{name}.{k.replace('@', '_at_')}": v for k, v in values.items()})
         for name, by_reference in lifts.items():

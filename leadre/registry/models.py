@@ -9,6 +9,7 @@ gate's verdict (exactly as the gate wrote it) and whether it was ever rolled bac
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ import yaml
 
 from leadre.config import Params
 from leadre.errors import UserError
+from leadre.tracking import DVC_EXPERIMENT_ENV
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,26 @@ class RegistryError(UserError, RuntimeError):
 class ChampionBundle:
     version: str
     folder: Path
+
+
+def registry_hold(params: Params, register: bool = True) -> str | None:
+    """Why this run must leave the registry alone (no new version, no alias moved), or None when it may write.
+
+    Experiments compare; only a retrain of the full pipeline ships. A DVC experiment, or a model trained on prompts
+    with a facet switched off (the feature ablation), is evaluated and gated like any candidate, but registering it
+    would make it the challenger, and a passing gate would make it the champion.
+    """
+    if not register:
+        return "--no-register"
+    experiment = os.environ.get(DVC_EXPERIMENT_ENV)
+    if experiment:
+        return (f"a DVC experiment ({experiment}): experiments never register; to ship one, `dvc exp apply` it, "
+                f"commit, and `dvc repro`")
+    off = [facet for facet, shown in params.prompts.features.model_dump().items() if not shown]
+    if off:
+        return (f"a feature ablation ({', '.join(f'prompts.features.{facet}=false' for facet in off)}): a model "
+                f"trained without a facet of the prompt never ships")
+    return None
 
 
 def _client(params: Params):

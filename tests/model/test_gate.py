@@ -7,7 +7,7 @@ import math
 import pytest
 
 from leadre.config import ConfigError, GateParams, load_params, parse_overrides
-from leadre.evaluate.gate import decide
+from leadre.evaluate.gate import decide, headline_metrics
 from tests.conftest import REPO
 
 GATE = GateParams(primary_metric="ndcg@10", min_relative_lift=0.02, guardrails={"hr@10": 0.05, "coverage": 0.25},
@@ -131,3 +131,17 @@ def test_a_non_number_lift_or_guardrail_is_a_config_error(value):
     for key in ("gate.min_relative_lift", "gate.guardrails.hr@10"):
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             load_params(REPO / "params.yaml", parse_overrides([f"{key}={value}"]))
+
+
+def test_the_headline_is_a_few_numbers_with_the_lift_over_the_gates_reference():
+    # before: `dvc metrics show` printed every metric of every method (~170 columns)
+    methods = {"candidate": {**method(0.16), "mean_ecpm": 30.0, "industry_diversity": 0.2, "mrr": 0.1,
+                             "new_ads.hr@10": 0.05},
+               "popularity": method(0.03), "itemknn": method(0.154), "sasrec": method(0.15)}
+    headline = headline_metrics(methods, lifts(0.025, 0.06, reference="itemknn"), GATE, BASELINES)
+    assert headline == {"candidate": {"ndcg@10": 0.16, "hr@10": 0.3, "coverage": 0.5, "industry_diversity": 0.2,
+                                      "mean_ecpm": 30.0, "validity": 1.0},
+                        "lift.ndcg@10": {"lift": pytest.approx(0.0425), "low": 0.025, "high": 0.06}}
+    with_champion = headline_metrics({**methods, "champion": method(0.1)}, lifts(0.5, 0.7), GATE, BASELINES)
+    assert with_champion["lift.ndcg@10"] == {"lift": pytest.approx(0.6), "low": 0.5, "high": 0.7}
+    assert set(headline_metrics({"candidate": method(0.2)}, {}, GATE, ())) == {"candidate"}  # nothing to compare

@@ -152,3 +152,117 @@ def test_a_rollback_sticks_until_a_forced_promotion(params, caplog):
     run_rollback(params)
     gate(params, PASS)  # a new version is promoted as usual
     assert run_promote(params)["champion"] == champion(params) == "3"
+
+
+# -- runs that must leave the registry alone: ablations, DVC experiments, --no-register, --dry-run -----------------
+
+def registry_state(params: Params) -> tuple[list[str], dict[str, str]]:
+    """Every version of the model and where each alias points."""
+    client = models._client(params)
+    name = params.registry.model_name
+    versions = sorted(str(v.version) for v in client.search_model_versions(f"name='{name}'"))
+    return versions, {alias: str(v) for alias, v in client.get_registered_model(name).aliases.items()}
+
+
+@pytest.mark.parametrize("case", ["ablation", "dvc experiment", "--no-register"])
+def test_an_ablation_or_experiment_is_gated_but_never_registered_or_promoted(params, monkeypatch, case):
+    # before: `dvc exp run -S prompts.features.content=false` registered its model and promoted it to champion
+    assert gate(params, PASS)["passed"]
+    run_promote(params)
+    before = registry_state(params)
+    assert before == (["1"], {"challenger": "1", "champion": "1"})
+
+    overrides, register = dict(PASS), True
+    if case == "ablation":
+        overrides["prompts.features.content"] = False
+    elif case == "dvc experiment":
+        monkeypatch.setenv(models.DVC_EXPERIMENT_ENV, "tidy-hobo")  # what `dvc exp run` sets for its stages
+    else:
+        register = False
+    ablation = load_params(params.root / "params.yaml", overrides)
+    decision = run_gate(ablation, register=register)
+    assert decision["passed"] and decision["challenger_version"] is None  # decided as any candidate
+    expected = {"ablation": "prompts.features.content=false", "dvc experiment": "a DVC experiment (tidy-hobo)",
+                "--no-register": "--no-register"}[case]
+    assert expected in decision["registry_skipped"]
+    assert read_json(params.path(params.gate.decision_file)) == decision  # the decision is still written
+    result = run_promote(ablation, register=register)
+    assert not result["promoted"] and expected in result["skipped"] and result["champion"] == "1"
+    assert registry_state(params) == before
+
+
+def test_a_dry_run_gate_decides_and_writes_nothing(params):
+    from typer.testing import CliRunner
+
+    from leadre.cli import app
+
+    decision_file = params.path(params.gate.decision_file)
+    decision_file.unlink(missing_ok=True)
+    result = CliRunner().invoke(app, ["--params", str(params.root / "params.yaml"), "-S", "gate.guardrails={}",
+                                      "-S", "gate.min_relative_lift=-1.0", "gate", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("gate PASSED against ") and "not registered: --dry-run" in result.output
+    assert not decision_file.exists() and models.alias_version(params, models.CHALLENGER) is None
+    assert not (params.root / "mlruns.db").exists() or not models._client(params).search_registered_models()
+
+
+# -- what MLflow shows: the parent run, each step's params, the experiment's kind, an honest git.dirty -------------
+
+def test_the_parent_run_carries_the_headline_and_the_gate_decision_and_each_run_its_params(evaluated, params):
+    from mlflow.tracking import MlflowClient
+
+    from leadre.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, configure
+
+    decision = gate(params)
+    experiment = configure(params)
+    client = MlflowClient()
+    assert client.get_experiment(experiment).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND  # opens on runs
+    runs = {r.data.tags["leadre.step"]: r for r in client.search_runs([experiment])}
+    parent, gate_run = runs["retrain"], runs["gate"]
+    assert gate_run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert parent.data.metrics["gate.passed"] == float(decision["passed"])
+    assert parent.data.tags[models.GATE_PASSED_TAG] == str(decision["passed"])
+    assert parent.data.tags["leadre.challenger_version"] == decision["challenger_version"]
+    headline = read_json(params.path(params.evaluate.metrics_file))  # what `dvc metrics show` prints
+    assert parent.data.metrics["candidate.ndcg_at_10"] == pytest.approx(headline["candidate"]["ndcg@10"], abs=1e-6)
+    assert {"lift.ndcg_at_10.low", "lift.ndcg_at_10.high"} <= set(parent.data.metrics)
+    assert 6 <= sum(len(v) for v in headline.values()) <= 12  # a headline, not 170 columns
+    assert parent.data.params["prompts.features.content"] == "True"
+    assert gate_run.data.params["gate.primary_metric"] == params.gate.primary_metric
+    assert gate_run.data.params["gate.guardrails.hr_at_10"] == str(params.gate.guardrails["hr@10"])
+    assert gate_run.data.params["prompts.features.profile"] == "True"
+
+    # the evaluation's own run (in the evaluated workspace's store) has the sections it reads, and no others
+    evaluated_params = load_params(evaluated / "params.yaml")
+    evaluate_run = next(r for r in MlflowClient(evaluated_params.url(evaluated_params.tracking.tracking_uri))
+                        .search_runs([configure(evaluated_params)]) if r.data.tags.get("leadre.step") == "evaluate")
+    logged = evaluate_run.data.params
+    assert logged["decode.beam_width"] == str(evaluated_params.decode.beam_width)
+    assert logged["evaluate.bootstrap.resamples"] == str(evaluated_params.evaluate.bootstrap.resamples)
+    assert logged["prompts.features.content"] == "True"
+    assert not any(key.startswith(("sft.", "dpo.", "gate.")) for key in logged)
+
+
+def test_git_dirty_ignores_what_the_pipeline_writes_itself(tmp_path, monkeypatch):
+    import subprocess
+
+    from leadre.tracking import git_tags
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.email=ci@leadre", "-c", "user.name=ci", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "metrics.json").write_text("{}")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages:\n  evaluate:\n    outs:\n"
+                                       "    - path: reports/metrics.json\n      md5: 0\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "clone")
+    monkeypatch.chdir(tmp_path / "reports")  # a step may run from anywhere inside the repository
+    (tmp_path / "reports" / "metrics.json").write_text('{"ndcg@10": 0.1}')
+    (tmp_path / "dvc.lock").write_text((tmp_path / "dvc.lock").read_text() + "# rewritten by dvc repro\n")
+    assert git_tags()["git.dirty"] == "false"  # before: "true" on every run of a fresh clone
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_tags()["git.dirty"] == "true"

@@ -97,3 +97,68 @@ def test_push_to_the_default_local_remote_and_track_imported_data(clone: Path):
     shutil.copytree(clone / "data" / "generated", imported)
     _run(clone, "dvc", "add", "data/imported")
     assert (clone / "data" / "imported.dvc").exists()
+
+
+# -- experiments: previews, the ablation recipe, and a real ablation that must leave the registry alone -----------
+# These run last: `dvc exp run` in the workspace leaves the experiment's params and outputs there.
+
+def _registry(root: Path) -> tuple[list[str], dict[str, str]]:
+    """The clone's registered versions and where each alias points."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{root / 'mlruns.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    name = yaml.safe_load((root / "params.yaml").read_text())["registry"]["model_name"]
+    return (sorted(str(v.version) for v in client.search_model_versions(f"name='{name}'")),
+            {alias: str(v) for alias, v in client.get_registered_model(name).aliases.items()})
+
+
+def _ablate_recipe(root: Path) -> list[str]:
+    """The `dvc` command lines `make ablate` runs, as make prints them (the facet loop expanded by its shell)."""
+    printed = _run(root, "make", "-n", "ablate")
+    return [line.strip() for line in printed.splitlines() if line.strip().startswith(("dvc", "for facet"))]
+
+
+def test_an_experiment_previews_from_the_queue_and_the_ablation_recipe_parses(clone: Path):
+    # `dvc exp run --dry` cannot work in DVC 3.67 here (docs/experiments.md); a queued experiment is the preview
+    recipe = _ablate_recipe(clone)
+    assert recipe[0].startswith("for facet in profile long_term short_term content; do")
+    assert recipe[-2] == "dvc exp run --run-all --jobs 1" and recipe[-1].startswith("dvc exp show --md")
+    _run(clone, "dvc", "exp", "run", "--queue", "-n", "no-profile", "-S", "prompts.features.profile=false")
+    assert "no-profile" in _run(clone, "dvc", "queue", "status")
+    preview = _run(clone, "dvc", "exp", "show", "--md", "--no-pager", "--only-changed")
+    row = next(line for line in preview.splitlines() if "no-profile" in line)
+    assert "Queued" in row and "False" in row
+    _run(clone, "dvc", "queue", "remove", "--queued")
+
+
+def test_a_feature_ablation_experiment_leaves_the_registry_alone(clone: Path):
+    # before: `dvc exp run -S prompts.features.content=false` registered its model and promoted it to champion
+    _run(clone, "dvc", "repro")
+    before = _registry(clone)
+    assert before[0] and before[1]["challenger"] == before[0][-1]
+    out = _run(clone, "dvc", "exp", "run", "-n", "no-content", "-S", "prompts.features.content=false")
+    for stage in ("prompts", "sft", "dpo", "evaluate", "gate", "promote"):
+        assert f"Running stage '{stage}'" in out
+    assert "not promoted: a DVC experiment (no-content)" in out
+    decision = json.loads((clone / "reports/gate.json").read_text())
+    assert decision["challenger_version"] is None and decision["reasons"]  # decided, as any candidate
+    assert decision["registry_skipped"].startswith("a DVC experiment (no-content)")
+    assert _registry(clone) == before
+
+    # the experiment is a retrain of its own in MLflow, and each of its runs says which facet was off
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{clone / 'mlruns.db'}")
+    experiment = client.get_experiment_by_name(yaml.safe_load((clone / "params.yaml").read_text())["tracking"]
+                                               ["experiment"])
+    runs = [r for r in client.search_runs([experiment.experiment_id])
+            if r.data.tags.get("leadre.retrain_id", "").endswith(":no-content")]
+    assert {r.data.tags["leadre.step"] for r in runs} == {"retrain", "sft", "dpo", "evaluate", "gate"}
+    assert all(r.data.params["prompts.features.content"] == "False" for r in runs)
+
+    # `make ablate`'s comparison table: the experiment beside the baseline, headline metrics and facets only
+    table = _run(clone, "bash", "-c", _ablate_recipe(clone)[-1])
+    header = table.splitlines()[0]
+    assert "no-content" in table and "candidate.ndcg@10" in header and "prompts.features.content" in header
+    assert "sft.epochs" not in header and header.count("|") < 20
