@@ -160,16 +160,22 @@ def main_process_run(params: Params, step: str, inputs: dict[str, Path]) -> Iter
     if processes.is_main_process():
         from leadre.tracking import step_run
 
-        with step_run(params, step, inputs) as run:
+        with step_run(params, step, inputs, training=True) as run:  # TrainingArguments: one artifact, not params
             yield run
     else:
         yield None
 
 
 def finish_on_main(params: Params, cfg: _TrainerParams, step: str, final, tokenizer, meta: dict[str, Any],
-                   metrics: dict[str, float]) -> None:
-    """Rank 0's writes at the end of a step: the bundle, the run's final metrics and model, the DVC metrics file."""
+                   metrics: dict[str, float], arguments: Any = None) -> None:
+    """Rank 0's writes at the end of a step: the bundle, the run's final metrics and model, the DVC metrics file,
+    and the trainer's full `arguments` as the run's training_arguments.json."""
     import mlflow
+
+    from leadre.tracking import log_training_arguments
+
+    if arguments is not None:
+        log_training_arguments(arguments)
 
     target = params.path(cfg.out_dir)
     save_bundle(params, final, tokenizer, target, {"step": step, "base_model": params.model.base_model, **meta,

@@ -76,6 +76,6 @@ def run_dpo(params: Params, resume: bool = False) -> dict[str, Any]:
         if run is not None:
             common.finish_on_main(params, cfg, "dpo", final, tokenizer, {
                 "run_id": run.info.run_id, "lora_merged": use_lora, "beta": cfg.beta, "loss_type": cfg.loss_type},
-                metrics)
+                metrics, trainer.args)
     processes.finish()
     return metrics
