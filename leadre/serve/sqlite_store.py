@@ -17,7 +17,8 @@ from __future__ import annotations
 import sqlite3
 import threading
 import weakref
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -68,6 +69,27 @@ _INFO = ("SELECT s.snapshot_id, s.model_version, s.created_at, s.published_at, s
 def _rollback(conn: sqlite3.Connection) -> None:
     if conn.in_transaction:  # some errors (e.g. a full disk) have already rolled the transaction back
         conn.execute("ROLLBACK")
+
+
+@contextmanager
+def _write_transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE … COMMIT, rolled back on any error. IMMEDIATE takes the write lock at once, so two writers
+    queue instead of one failing at commit."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        _rollback(conn)
+        raise
+
+
+def _publish(conn: sqlite3.Connection, snapshot_id: str, model_version: str, created_at: datetime,
+             published_at: datetime, users: int) -> None:
+    """Record the snapshot and point readers at it (inside the caller's transaction)."""
+    conn.execute("INSERT INTO snapshots VALUES (?, ?, ?, ?, ?)",
+                 (snapshot_id, model_version, created_at.isoformat(), published_at.isoformat(), users))
+    conn.execute("INSERT OR REPLACE INTO current (id, snapshot_id) VALUES (0, ?)", (snapshot_id,))
 
 
 def _table(snapshot_id: str) -> str:
@@ -169,20 +191,12 @@ class SQLiteCandidateStore:
         snapshot_id = new_snapshot_id(published_at)
         table = _table(snapshot_id)
         with self._connect() as conn:
-            # IMMEDIATE: take the write lock now, so two writers queue instead of failing at commit.
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _write_transaction(conn):
                 conn.execute(f"CREATE TABLE {table} (user_id INTEGER PRIMARY KEY, payload BLOB NOT NULL)")
                 before = conn.total_changes
                 conn.executemany(f"INSERT INTO {table} (user_id, payload) VALUES (?, ?)", iter_rows(rows))
                 users = conn.total_changes - before
-                conn.execute("INSERT INTO snapshots VALUES (?, ?, ?, ?, ?)",
-                             (snapshot_id, model_version, created_at.isoformat(), published_at.isoformat(), users))
-                conn.execute("INSERT OR REPLACE INTO current (id, snapshot_id) VALUES (0, ?)", (snapshot_id,))
-                conn.execute("COMMIT")
-            except BaseException:
-                _rollback(conn)
-                raise
+                _publish(conn, snapshot_id, model_version, created_at, published_at, users)
             self._collect_garbage(conn, keep=snapshot_id)
         return SnapshotInfo(snapshot_id, model_version, created_at, published_at, users)
 
@@ -198,17 +212,12 @@ class SQLiteCandidateStore:
         encoded = list(iter_rows(rows))
         table = _part_table(staging, shard)
         with self._connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _write_transaction(conn):
                 conn.execute(f"DROP TABLE IF EXISTS {table}")  # a retried shard replaces its part
                 conn.execute(f"CREATE TABLE {table} (user_id INTEGER PRIMARY KEY, payload BLOB NOT NULL)")
                 conn.executemany(f"INSERT INTO {table} (user_id, payload) VALUES (?, ?)", encoded)
                 conn.execute("INSERT OR REPLACE INTO staged_parts VALUES (?, ?, ?, ?, ?, ?)",
                              (staging, shard, shards, part.model_version, part.created_at.isoformat(), len(encoded)))
-                conn.execute("COMMIT")
-            except BaseException:
-                _rollback(conn)
-                raise
         return len(encoded)
 
     def publish_staged(self, staging: str, shards: int) -> SnapshotInfo:
@@ -217,8 +226,7 @@ class SQLiteCandidateStore:
         snapshot_id = new_snapshot_id(published_at)
         table = _table(snapshot_id)
         with self._connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _write_transaction(conn):
                 parts = [StagedPart(shard, n, version, datetime.fromisoformat(created), users)
                          for shard, n, version, created, users in conn.execute(
                              "SELECT shard, shards, model_version, created_at, users FROM staged_parts "
@@ -231,21 +239,14 @@ class SQLiteCandidateStore:
                     except sqlite3.IntegrityError:
                         raise StoreError(f"staging {staging}: shard {shard} has a user another shard already "
                                          "wrote; the current snapshot stays") from None
-                conn.execute("INSERT INTO snapshots VALUES (?, ?, ?, ?, ?)",
-                             (snapshot_id, model_version, created_at.isoformat(), published_at.isoformat(), users))
-                conn.execute("INSERT OR REPLACE INTO current (id, snapshot_id) VALUES (0, ?)", (snapshot_id,))
-                conn.execute("COMMIT")
-            except BaseException:
-                _rollback(conn)
-                raise
+                _publish(conn, snapshot_id, model_version, created_at, published_at, users)
             self._collect_garbage(conn, keep=snapshot_id)
         return SnapshotInfo(snapshot_id, model_version, created_at, published_at, users)
 
     def _collect_garbage(self, conn: sqlite3.Connection, keep: str) -> None:
         """Drop every snapshot but `keep`, and every staged part (one near-line run publishes at a time, so a part
         left now is from a run that died). Readers mid-transaction on an old one still finish on their WAL view."""
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _write_transaction(conn):
             old = [r[0] for r in conn.execute("SELECT snapshot_id FROM snapshots WHERE snapshot_id != ?", (keep,))]
             for snapshot_id in old:
                 conn.execute(f"DROP TABLE IF EXISTS {_table(snapshot_id)}")
@@ -253,10 +254,6 @@ class SQLiteCandidateStore:
             for staging, shard in conn.execute("SELECT staging, shard FROM staged_parts").fetchall():
                 conn.execute(f"DROP TABLE IF EXISTS {_part_table(staging, shard)}")
             conn.execute("DELETE FROM staged_parts")
-            conn.execute("COMMIT")
-        except BaseException:
-            _rollback(conn)
-            raise
         # Fold the WAL back into the file now rather than at some reader's commit; if a reader is mid-read this
         # does what it can and the next checkpoint finishes it.
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
