@@ -212,6 +212,7 @@ class PromptParams(_Section):
     train_cutoff_half_life_days: float | None = Field(gt=0)
     min_history_events: int = Field(ge=1)
     short_term_events: int = Field(ge=1)
+    ad_events: int = Field(ge=0)
     long_term_days: int = Field(gt=0)
     long_term_top: int = Field(ge=1)
     max_prompt_tokens: int = Field(ge=64)

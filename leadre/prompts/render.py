@@ -74,6 +74,7 @@ class Catalogue:
     number_tokens: np.ndarray  # tokens of str(n) for the counts in the long-term facet
     fixed_tokens: int  # the template: labels, line breaks, the instruction
     is_content_action: np.ndarray  # per action code: a content-domain action (what the content ablation drops)
+    is_ad_action: np.ndarray  # per action code: an ad engagement (click, conversion)
 
     @classmethod
     def build(cls, users: pd.DataFrame, objects_sid: list[str], objects_title: list[str], actions: np.ndarray,
@@ -108,6 +109,7 @@ class Catalogue:
             number_tokens=counter.count([str(n) for n in range(10_000)]),
             fixed_tokens=int(counter.count([fixed])[0]),
             is_content_action=np.isin(actions.astype(str), ACTIONS_BY_DOMAIN["content"]),
+            is_ad_action=np.isin(actions.astype(str), ACTIONS_BY_DOMAIN["ad"]),
         )
 
 
@@ -123,6 +125,21 @@ def _join_groups(values: pa.Array, owner: np.ndarray, n_groups: int, separator: 
     """Join `values` (sorted by owner) into one string per group; empty groups give ''."""
     offsets = np.r_[0, np.cumsum(np.bincount(owner, minlength=n_groups))].astype(np.int32)
     return pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), values), separator)
+
+
+def _count_newer(flag: np.ndarray, owner: np.ndarray, n_groups: int) -> np.ndarray:
+    """For events sorted by owner then time: how many flagged events of the same owner come after each one."""
+    running = np.cumsum(flag)
+    group_last = np.cumsum(np.bincount(owner, minlength=n_groups)) - 1
+    return running[group_last[owner]] - running if len(owner) else running
+
+
+def _fit_newest_first(cost: np.ndarray, owner: np.ndarray, eligible: np.ndarray, budget: np.ndarray,
+                      n_groups: int) -> np.ndarray:
+    """Eligible events kept newest first while their owner's running token total stays within its budget."""
+    cost = np.where(eligible, cost, 0)
+    newest_first = _count_newer(cost, owner, n_groups) + cost  # tokens of this event and all newer eligible ones
+    return eligible & (newest_first <= budget[owner])
 
 
 def _section(label: str, content: pa.Array) -> pa.Array:
@@ -173,10 +190,16 @@ def render(log: EventLog, catalogue: Catalogue, users: np.ndarray, cutoffs: np.n
     object_tokens = catalogue.object_tokens_sid if ads_as == "sid" else catalogue.object_tokens_title
     cost = (catalogue.ago_tokens[ago] + catalogue.action_tokens[log.action[st_event]]
             + object_tokens[log.obj[st_event]] + 1).astype(np.int64)  # the ";" before the next event
-    running = np.cumsum(cost)
-    group_last = np.cumsum(np.bincount(st_owner, minlength=n)) - 1
-    newest_first = running[group_last[st_owner]] - running + cost  # tokens of this event and all newer ones
-    keep = newest_first <= budget[st_owner]
+    # The ad facet goes first: the newest `ad_events` ad engagements of the window are kept before any other event,
+    # then the newest other events fill what is left of the budget. Ad clicks are a quarter of the events, so a
+    # newest-first cut alone shows a third of the prompts with no ad at all, though the ads a user engaged with are
+    # the strongest clue to the ads they engage with next (what item-KNN lives on).
+    is_ad = catalogue.is_ad_action[log.action[st_event]]
+    ads_after = _count_newer(is_ad, st_owner, n)  # ad events newer than each event, in its group
+    first_pass = is_ad & (ads_after < params.ad_events)
+    keep = _fit_newest_first(cost, st_owner, first_pass, budget, n)
+    left = budget - np.bincount(st_owner[keep], weights=cost[keep], minlength=n)
+    keep |= _fit_newest_first(cost, st_owner, ~first_pass, left, n)
     st_owner, st_event, ago, cost = st_owner[keep], st_event[keep], ago[keep], cost[keep]
     objects = catalogue.object_as_sid if ads_as == "sid" else catalogue.object_as_title
     events = pc.binary_join_element_wise(catalogue.ago.take(pa.array(ago)),

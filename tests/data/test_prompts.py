@@ -308,3 +308,20 @@ def test_a_cutoff_half_life_draws_recent_clicks_more_often(tmp_path, tiny_world)
         test_cut = pd.Timestamp(params.data.snapshot_time) - pd.Timedelta(days=params.prompts.holdout_days)
         assert (cutoffs < test_cut).all()
     assert means[3.0] - means[None] > pd.Timedelta(days=3)
+
+
+@pytest.mark.parametrize(("ad_events", "recent"), [
+    (0, "Recent: 4d search cashback card; 3d click <a_4><b_0><c_1><d_0>"),
+    (2, "Recent: 14d convert <a_1><b_2><c_5><d_0>; 3d click <a_4><b_0><c_1><d_0>"),
+])
+def test_the_newest_ad_engagements_are_kept_before_other_events(tmp_path, ad_events, recent):
+    """At a bound that fits two events, prompts.ad_events keeps the newest ad engagements first (oldest others go
+    first), in time order; 0 is the plain newest-first cut."""
+    params = write_params(tmp_path, {"prompts.max_prompt_tokens": 70, "prompts.valid_user_share": 1.0,
+                                     "prompts.ad_events": ad_events})
+    write_tables(micro_world(), params.path(params.data.generated_dir), {"source": "test"})
+    run_validate(params)
+    _write_sids(params, MICRO_SIDS)
+    run_build_prompts(params)
+    test = _sft(params, "test")
+    assert test[test["user_id"] == 1]["prompt"].iloc[0][0]["content"].split("\n")[2] == recent
