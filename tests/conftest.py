@@ -45,6 +45,17 @@ def tiny_world(tmp_path_factory) -> Path:
     return params.path(params.data.generated_dir)
 
 
+@pytest.fixture(scope="session")
+def validated(tmp_path_factory, tiny_world) -> Path:
+    """data/validated of the tiny world, validated once per session; tests copy it rather than change it."""
+    from leadre.data.validate import run_validate
+
+    params = write_params(tmp_path_factory.mktemp("validated_world"))
+    shutil.copytree(tiny_world, params.path(params.data.generated_dir))
+    run_validate(params)
+    return params.path(params.data.validated_dir)
+
+
 @pytest.fixture
 def workspace(tmp_path, tiny_world) -> Params:
     """Params rooted in tmp_path, with the tiny world already in data.generated_dir."""

@@ -1,7 +1,8 @@
 """Semantic IDs on the tiny world: unique, grounded by the trie, deterministic, cached, and stable for new ads.
 
-The validated world and one embedding cache are made once per module: encoding is the slow part, and most tests are
-about what happens after it. Tests about encoding itself use a fresh cache.
+The validated world (once per session, tests/conftest.py) and one embedding cache (once per module) are shared:
+encoding is the slow part, and most tests are about what happens after it. Tests about encoding itself use a fresh
+cache.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import pytest
 
 from leadre.config import Params
 from leadre.data.tables import read_tables
-from leadre.data.validate import run_validate
 from leadre.sids import SidTrie, format_sid, sid_tokens, sid_vocabulary
 from leadre.bundle import CODEBOOKS_FILE, QUANTIZER_FILE, SID_REPORT_FILE, SID_TABLE
 from leadre.sids.build import (
@@ -41,15 +41,6 @@ from tests.conftest import write_params
 
 FAST_RQVAE = {"latent_dim": 16, "hidden_dim": 64, "epochs": 3, "learning_rate": 0.001, "commitment": 0.25,
               "batch_size": 64}
-
-
-@pytest.fixture(scope="module")
-def validated(tmp_path_factory, tiny_world) -> Path:
-    """data/validated of the tiny world, validated once for the module."""
-    params = write_params(tmp_path_factory.mktemp("validated_world"))
-    shutil.copytree(tiny_world, params.path(params.data.generated_dir))
-    run_validate(params)
-    return params.path(params.data.validated_dir)
 
 
 @pytest.fixture(scope="module")

@@ -32,17 +32,6 @@ ROUTE = "/v1/recommendations"
 UNKNOWN_USER = 999_999_999
 
 
-@pytest.fixture(scope="module")
-def validated(tmp_path_factory, tiny_world) -> Path:
-    """The tiny world, validated once for this module's workspaces."""
-    from leadre.data.validate import run_validate
-
-    params = write_params(tmp_path_factory.mktemp("validated"))
-    shutil.copytree(tiny_world, params.path(params.data.generated_dir))
-    run_validate(params)
-    return params.path(params.data.validated_dir)
-
-
 @pytest.fixture
 def first_run(tmp_path, validated) -> Params:
     """A workspace with validated data, an empty registry, and no candidate store yet."""
