@@ -39,8 +39,16 @@ class _State:
 class LeadreGroup(TyperGroup):
     """The top-level command: global options anywhere on the line, and every failure as one line on stderr."""
 
+    # `leadre --help` lists the commands in the order the data flows (set by build_app), not as Typer adds them
+    # (commands first, then the groups: `data` would come last)
+    command_order: tuple[str, ...] = ()
+
     def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
         return super().parse_args(ctx, hoist_global_options(self, args))
+
+    def list_commands(self, ctx: typer.Context) -> list[str]:
+        rank = {name: i for i, name in enumerate(self.command_order)}
+        return sorted(super().list_commands(ctx), key=lambda name: rank.get(name, len(rank)))
 
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, **extra: Any) -> Any:
@@ -407,6 +415,7 @@ def _plain_step_command(name: str):
     return command
 
 
+PIPELINE_PANEL, TOOLS_PANEL = "Pipeline steps, in the order the data flows", "Serving and tools"
 GROUP_HELP = {
     "data": "Raw data → validated data.",
     "sids": "Semantic IDs: ad text → codebook tokens the LLM generates.",
@@ -421,19 +430,26 @@ def build_app() -> typer.Typer:
     root = typer.Typer(cls=LeadreGroup, help="LEADRE Platform: train, evaluate, promote and serve an LLM ad "
                        "recommender.", no_args_is_help=True, pretty_exceptions_enable=False)
     root.callback()(main)
+    # the pipeline's commands in step-table order under one panel, the tools after them under another
+    pipeline = tuple(dict.fromkeys(step.command[0] for step in STEPS.values()))
+    LeadreGroup.command_order = tuple(dict.fromkeys(pipeline + tuple(command[0] for command, _ in TOOLS)))
+
+    def panel(name: str) -> str:
+        return PIPELINE_PANEL if name in pipeline else TOOLS_PANEL
+
     groups: dict[str, typer.Typer] = {}
     for group, text in GROUP_HELP.items():
         groups[group] = typer.Typer(help=text, no_args_is_help=True)
-        root.add_typer(groups[group], name=group)
+        root.add_typer(groups[group], name=group, rich_help_panel=panel(group))
 
     def register(command: tuple[str, ...], function: Any, help: str | None = None) -> None:
         if len(command) == 1:
-            root.command(command[0], help=help)(function)
+            root.command(command[0], help=help, rich_help_panel=panel(command[0]))(function)
             return
         group, name = command
         if group not in groups:
             groups[group] = typer.Typer(help=GROUP_HELP.get(group), no_args_is_help=True)
-            root.add_typer(groups[group], name=group)
+            root.add_typer(groups[group], name=group, rich_help_panel=panel(group))
         groups[group].command(name, help=help)(function)
 
     for step in STEPS.values():

@@ -62,12 +62,23 @@ def test_help_is_fast_because_steps_import_lazily(tmp_path):
     assert result.stdout.strip() == "[]"
 
 
+def test_help_lists_the_pipeline_in_the_order_the_data_flows_then_the_tools():
+    from leadre.steps import STEPS
+
+    result = CliRunner().invoke(cli.app, ["--help"], prog_name="leadre", terminal_width=100)
+    pipeline_panel, tools_panel = result.stdout.split("Pipeline steps, in the order")[1].split("Serving and tools")
+    listed = [line.split()[1] for line in pipeline_panel.splitlines() if line.startswith("│ ") and line[2:3].isalpha()]
+    assert listed[:3] == ["data", "sids", "prompts"]
+    assert listed == list(dict.fromkeys(step.command[0] for step in STEPS.values()))
+    assert "status" in tools_panel and "serve" in tools_panel and " sft " not in tools_panel
+
+
 def test_help_imports_no_pandas_or_pyarrow():
     # the command table is built from leadre.steps at import: it must not drag in a step's (data) libraries
     result = subprocess.run([sys.executable, "-X", "importtime", "-m", "leadre.cli", "--help"], capture_output=True,
                             text=True, check=True)
     imported = {line.split("|")[-1].strip().split(".")[0] for line in result.stderr.splitlines() if "|" in line}
-    assert "Commands" in result.stdout
+    assert "Pipeline steps" in result.stdout
     assert not imported & {"pandas", "pyarrow", "numpy", "torch", "mlflow", "great_expectations"}, sorted(imported)
 
 
