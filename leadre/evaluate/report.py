@@ -162,14 +162,17 @@ def fmt(metric: str, value: Any) -> str:
 
 def run_provenance(params: Params, run: Any) -> dict[str, Any]:
     """What a reviewer needs to find and reproduce this evaluation: its MLflow run, the code and the data versions."""
-    from leadre.tracking import tracking_uri
+    from leadre.tracking import USER_TRACKING_URI
 
     tags = dict(run.data.tags)
     try:
         snapshot = params.data.snapshot_time.isoformat()
     except Exception as err:  # the report still says what it can; the data's snapshot is one field of many
         snapshot = f"unknown ({err})"
-    return {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id, "tracking_uri": tracking_uri(params),
+    # the store as configured, not resolved: summary.json is a DVC output, and a path resolved against this clone's
+    # folder would make every clone's output differ
+    store = USER_TRACKING_URI or params.tracking.tracking_uri
+    return {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id, "tracking_uri": store,
             "retrain_id": tags.get("leadre.retrain_id", ""), "commit": tags.get("mlflow.source.git.commit", ""),
             "dirty": tags.get("git.dirty", ""), "data_snapshot": snapshot, "data_source": str(params.data.source_dir),
             "inputs": {key[len("data."):-len(".md5")]: value for key, value in sorted(tags.items())
