@@ -165,9 +165,8 @@ def _champion_rows(params: Params, champion, tables: dict[str, pd.DataFrame], no
     ecpm = pd.Series(live["ecpm"].to_numpy(), index=live["ad_id"])
     industry = pd.Series(live["industry"].to_numpy(), index=live["ad_id"])
     rows: list[tuple[int, np.ndarray, np.ndarray]] = []
-    from tqdm import tqdm
-
-    for start in tqdm(range(0, len(users), cfg.users_per_batch), desc="near-line", unit="batch"):
+    started = time.perf_counter()
+    for start in range(0, len(users), cfg.users_per_batch):
         batch = users[start:start + cfg.users_per_batch]
         batch_exclude = exclude[start:start + len(batch)] if exclude else None
         generated = recommender.generate(serving_prompts(params, sources, batch, now),
@@ -182,6 +181,9 @@ def _champion_rows(params: Params, champion, tables: dict[str, pd.DataFrame], no
         for user, row_ids, row_scores in zip(batch, ids, scores):
             keep = row_ids >= 0
             rows.append((int(user), row_ids[keep], row_scores[keep]))
+        # a line per batch: a progress bar redraws itself line after line in a log file (make run, Airflow)
+        log.info("near-line: %d/%d users, %.1f users/s", len(rows), len(users),
+                 len(rows) / max(time.perf_counter() - started, 1e-9))
     return rows
 
 

@@ -6,6 +6,7 @@ publishes the champion's candidates; the online service answers from them and fo
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import subprocess
@@ -102,13 +103,16 @@ def test_evaluation_scores_the_champion_beside_the_candidate(platform):
     assert "champion" in summary["methods"] and summary["champion_version"] == champion(platform)
 
 
-def test_nearline_publishes_the_champions_candidates_and_serving_follows_the_champion(platform, monkeypatch):
+def test_nearline_publishes_the_champions_candidates_and_serving_follows_the_champion(platform, monkeypatch, caplog):
     if champion(platform) is None:
         run_gate(with_overrides(platform, PASS))
         run_promote(platform)
     serving_version = champion(platform)
-    summary = run_nearline(platform)
+    with caplog.at_level(logging.INFO, logger="leadre.serve.nearline"):
+        summary = run_nearline(platform)
     assert summary["users"] > 0 and summary["model_version"] == serving_version
+    # progress as log lines, the last one complete (no bar redrawn in a log file)
+    assert f"near-line: {summary['users']}/{summary['users']} users" in caplog.text
     store = open_store(store_url(platform))
     snapshot = store.snapshot_info()
     assert snapshot.model_version == serving_version and snapshot.users == summary["users"]
