@@ -78,8 +78,14 @@ def _reference(methods: dict[str, dict[str, float]], primary: str,
         if primary not in methods[b]:
             raise ValueError(f"gate.primary_metric {primary!r} is missing from the {b} baseline's metrics")
     undefined = [b for b in present if not _finite(methods[b][primary])]
-    comparable = [b for b in present if b not in undefined] or present
-    return max(comparable, key=lambda b: methods[b][primary]), "baseline", undefined
+    best = best_baseline(methods, primary, present)
+    return (best if best is not None else present[0]), "baseline", undefined
+
+
+def best_baseline(methods: Mapping[str, Mapping[str, Any]], primary: str, baselines: Sequence[str]) -> str | None:
+    """The baseline of `baselines` best on `primary` among those whose value is a number; None when none is."""
+    scored = [b for b in baselines if _finite(methods.get(b, {}).get(primary))]
+    return max(scored, key=lambda b: methods[b][primary]) if scored else None
 
 
 def _interval(lifts: Mapping[str, Any], reference: str, primary: str) -> dict[str, float] | None:

@@ -51,20 +51,16 @@ def fallback_baseline(params: Params) -> str:
     """The baseline whose lists are served while there is no champion: the best on the gate's primary metric among
     the baselines the last evaluation ran (its summary's `baselines`, the set the gate compares with when there is no
     champion) and params still configure; popularity when there is no such evaluation."""
+    from leadre.evaluate.gate import best_baseline
     from leadre.io import read_json
 
     path = params.path(params.evaluate.reports_dir) / "summary.json"
     if not path.exists():
         return FALLBACK_DEFAULT
     summary = read_json(path)
-    methods, primary = summary.get("methods", {}), params.gate.primary_metric
-    scored = {name: methods[name][primary] for name in summary.get("baselines", ())
-              if name in params.evaluate.baselines and _finite(methods.get(name, {}).get(primary))}
-    return max(scored, key=scored.__getitem__) if scored else FALLBACK_DEFAULT
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
+    configured = [name for name in summary.get("baselines", ()) if name in params.evaluate.baselines]
+    best = best_baseline(summary.get("methods", {}), params.gate.primary_metric, configured)
+    return best if best is not None else FALLBACK_DEFAULT
 
 
 def _fitted_baseline(params: Params, name: str, events: pd.DataFrame, now: pd.Timestamp):
