@@ -158,7 +158,7 @@ def run_evaluate(params: Params) -> dict[str, Any]:
     from leadre.decode.fusion import fuse
     from leadre.decode.recommender import LlmRecommender, top_k
     from leadre.registry.models import champion_bundle
-    from leadre.tracking import step_run
+    from leadre.tracking import mlflow_name, step_run
 
     ev, gen = params.evaluate, params.decode
     set_cpu_threads(params.model.cpu_threads)
@@ -242,9 +242,9 @@ def run_evaluate(params: Params) -> dict[str, Any]:
         write_json(params.path(ev.metrics_file), {group: {k: round(v, 6) for k, v in values.items()}
                                                    for group, values in headline.items()})
         for name, values in methods.items():
-            mlflow.log_metrics({f"{name}.{k.replace('@', '_at_')}": v for k, v in values.items()})
+            mlflow.log_metrics({mlflow_name(f"{name}.{k}"): v for k, v in values.items()})
         for name, by_reference in lifts.items():
-            mlflow.log_metrics({f"{name}.lift_over_{ref}.{metric.replace('@', '_at_')}.{end}": value[end]
+            mlflow.log_metrics({mlflow_name(f"{name}.lift_over_{ref}.{metric}.{end}"): value[end]
                                 for ref, by_metric in by_reference.items() for metric, value in by_metric.items()
                                 for end in ("lift", "low", "high") if np.isfinite(value[end])})
         mlflow.log_artifacts(str(out_dir), artifact_path="evaluation")
