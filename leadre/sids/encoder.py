@@ -205,11 +205,10 @@ def _encode_into_cache(folder: Path, texts: list[str], digests: np.ndarray, batc
                        progress: bool) -> np.ndarray:
     """Encode in chunks, each added to the cache as soon as it is done: an interrupted run over many ads (tens of
     minutes on CPU) resumes where it stopped instead of starting over."""
-    from tqdm.auto import tqdm
+    from leadre.runtime import progress as progress_bar
 
     vectors = []
-    show = progress and len(texts) > batch_size
-    with tqdm(total=len(texts), desc="encode ads", unit="text", disable=not show) as bar:
+    with progress_bar(len(texts), "encode ads", "text", enabled=progress and len(texts) > batch_size) as bar:
         for start in range(0, len(texts), CACHE_FLUSH_TEXTS):
             chunk = encode_texts(folder, texts[start:start + CACHE_FLUSH_TEXTS], batch_size, bar)
             cache.add(digests[start:start + CACHE_FLUSH_TEXTS], chunk)

@@ -13,7 +13,7 @@ from leadre.bundle import write_bundle
 from leadre.errors import UserError
 from leadre.io import write_json
 from leadre.train.model import BUILTIN_TINY
-from leadre.train.progress import interactive
+from leadre.runtime import interactive
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,6 @@ In a terminal the trainer's bar stays (it is useful there) and the same lines ar
 from __future__ import annotations
 
 import logging
-import sys
 import time
 import warnings
 from typing import Any
@@ -20,12 +19,9 @@ from typing import Any
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+from leadre.runtime import interactive
+
 log = logging.getLogger("leadre.train")
-
-
-def interactive() -> bool:
-    """Progress bars only for a person at a terminal; everything else (files, pipes, pods) gets lines."""
-    return sys.stderr.isatty()
 
 
 def quiet_libraries() -> None:
