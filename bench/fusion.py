@@ -1,0 +1,137 @@
+"""`python -m bench.fusion --work DIR`: fusion settings chosen on the valid split, judged on the test split.
+
+Reads the seed folders a kept `python -m bench.quality --work DIR` left (each with its trained candidate). For every
+seed and split it generates the candidate's lists once and fits every ID baseline, then scores each point of a grid
+of fusion settings (channel weights, RRF's rank constant) by NDCG@10. The setting with the best median valid NDCG@10
+over seeds is the choice; only then is the test split looked at, for that choice and for params.yaml's current one,
+as each seed's ratio to the best ID baseline (median and range over seeds). Choosing on test would flatter the row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from pathlib import Path
+
+import numpy as np
+
+from bench import save_results
+
+HEADLINE = ("ndcg@10", "hr@10", "new_ads.hr@10", "cold_users.ndcg@10")
+LLM_WEIGHTS = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+SASREC_WEIGHTS = (0.0, 0.25, 0.5, 1.0)  # relative to item-KNN's 1.0
+RANK_CONSTANTS = (2, 5, 10, 20, 60)
+
+
+def lists_of(seed_dir: Path, split: str) -> dict:
+    """The candidate's and every baseline's top-`depth` lists for one split, with what scoring them needs."""
+    from leadre.config import load_params
+    from leadre.decode.recommender import LlmRecommender, top_k
+    from leadre.evaluate.run import _baselines, load_eval_set
+    from leadre.runtime import set_cpu_threads
+
+    seed = int(seed_dir.name.split("-")[1])  # as bench.quality seeded it: SASRec's seed too
+    params = load_params(seed_dir / "params.yaml", {"evaluate.split": split, "evaluate.baselines.sasrec.seed": seed})
+    set_cpu_threads(params.model.cpu_threads)
+    data = load_eval_set(params)
+    gen, depth = params.decode, params.fusion.depth
+    width = max(gen.beam_width, max(params.evaluate.ks))  # as `leadre evaluate` generates
+    generated = LlmRecommender(params.path(params.evaluate.candidate_dir), gen).generate(
+        data.prompts, beam_width=width, exclude=data.exclude)
+    llm, _ = top_k(generated, width, data.exclude, data.ads["ecpm"], data.ads["industry"], gen.value_weight,
+                   gen.diversity_penalty)
+    channels = {}
+    for baseline in _baselines(params):
+        baseline.fit(data.engagements)
+        channels[baseline.name] = baseline.recommend(data.user_ids, depth, data.candidates, data.exclude)
+    return {"params": params, "data": data, "llm": llm, "channels": channels}
+
+
+def fused(lists: dict, weights: dict[str, float], rank_constant: float, k: int = 50) -> np.ndarray:
+    """Weighted RRF over the LLM and any number of channels (the same rule as leadre.decode.fusion)."""
+    import pandas as pd
+
+    from leadre.units import PAD
+
+    parts = []
+    for order, (name, weight) in enumerate(weights.items()):
+        if weight == 0:
+            continue
+        ids = lists["llm"] if name == "llm" else lists["channels"][name]
+        ids = ids[:, :lists["params"].fusion.depth]
+        rank = np.broadcast_to(np.arange(1, ids.shape[1] + 1), ids.shape)
+        row = np.broadcast_to(np.arange(len(ids))[:, None], ids.shape)
+        keep = ids != PAD
+        parts.append(pd.DataFrame({"row": row[keep], "ad": ids[keep], "score": weight / (rank_constant + rank[keep]),
+                                   "tie": order * 10_000_000 + rank[keep]}))
+    both = pd.concat(parts, ignore_index=True).groupby(["row", "ad"], sort=False).agg(
+        score=("score", "sum"), tie=("tie", "min")).reset_index()
+    both = both.sort_values(["row", "score", "tie"], ascending=[True, False, True], kind="stable")
+    both["slot"] = both.groupby("row").cumcount()
+    both = both[both["slot"] < k]
+    out = np.full((len(lists["llm"]), k), PAD, dtype=np.int64)
+    out[both["row"].to_numpy(), both["slot"].to_numpy()] = both["ad"].to_numpy()
+    return out
+
+
+def lists_names(by_seed: dict) -> list[str]:
+    return list(next(iter(by_seed.values()))["test"]["channels"])
+
+
+def score(lists: dict, ids: np.ndarray) -> dict[str, float]:
+    from leadre.evaluate.run import score_lists
+
+    k_max = max(lists["params"].evaluate.ks)
+    return score_lists(lists["params"], lists["data"], ids[:, :k_max])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.fusion", description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, required=True, help="a kept bench.quality --work folder")
+    args = parser.parse_args()
+    seeds = sorted(args.work.glob("seed-*"))
+    if not seeds:
+        raise SystemExit(f"bench.fusion: no seed-* folders in {args.work}")
+    by_seed = {s.name: {split: lists_of(s, split) for split in ("valid", "test")} for s in seeds}
+    for split in ("valid", "test"):  # where each channel stands alone: the weights can only trade these off
+        alone = {name: [score(seed[split], seed[split]["llm"] if name == "llm" else seed[split]["channels"][name])
+                        ["ndcg@10"] for seed in by_seed.values()] for name in ("llm", *lists_names(by_seed))}
+        print(f"{split}, NDCG@10 alone (median over seeds): "
+              + ", ".join(f"{name} {np.median(v):.4f}" for name, v in alone.items()))
+    grid = [{"llm": w, "itemknn": 1.0, "sasrec": s, "rank_constant": c}
+            for w, s, c in itertools.product(LLM_WEIGHTS, SASREC_WEIGHTS, RANK_CONSTANTS)]
+
+    def ndcg(setting: dict, split: str) -> list[float]:
+        weights = {k: v for k, v in setting.items() if k != "rank_constant"}
+        return [score(lists[split], fused(lists[split], weights, setting["rank_constant"]))["ndcg@10"]
+                for lists in by_seed.values()]
+
+    valid = [(float(np.median(ndcg(setting, "valid"))), setting) for setting in grid]
+    valid.sort(key=lambda pair: -pair[0])
+    print("best settings on valid (median NDCG@10 over seeds):")
+    for value, setting in valid[:8]:
+        print(f"  {value:.4f}  {setting}")
+    fusion = by_seed[seeds[0].name]["test"]["params"].fusion
+    current = {"llm": fusion.llm_weight, fusion.channel: fusion.channel_weight, "rank_constant": fusion.rank_constant}
+    rank = next((i for i, (_, s) in enumerate(valid) if s == {"sasrec": 0.0, **current}), None)
+    if rank is not None:
+        print(f"  params.yaml's setting: {valid[rank][0]:.4f}, {rank + 1} of {len(valid)}")
+    chosen = valid[0][1]
+    table = {}
+    for label, setting in (("current", current), ("chosen on valid", chosen)):
+        weights = {k: v for k, v in setting.items() if k != "rank_constant"}
+        ratios = {metric: [] for metric in HEADLINE}
+        for lists in (seed["test"] for seed in by_seed.values()):
+            mine = score(lists, fused(lists, weights, setting["rank_constant"]))
+            base = {name: score(lists, ids) for name, ids in lists["channels"].items()}
+            for metric in HEADLINE:
+                ratios[metric].append(mine[metric] / max(b[metric] for b in base.values()))
+        table[label] = {"setting": setting, "ratios": ratios}
+        print(f"\ntest, {label} {setting}: ratio to the best ID baseline, median [range] over {len(seeds)} seeds")
+        for metric, values in ratios.items():
+            print(f"  {metric}: {np.median(values):.3f}× [{min(values):.3f}, {max(values):.3f}]")
+    print(f"\nsaved {save_results('fusion', {'valid_top': [{'ndcg@10': v, **s} for v, s in valid[:20]], **table})}")
+
+
+if __name__ == "__main__":
+    main()
