@@ -31,8 +31,9 @@ COMMANDS = {"prompts": ("prompts", "build"), "nearline": ("nearline",)}
 PASS = {"gate.min_relative_lift": -2.0, "gate.guardrails": {}}  # the tiny model must become champion, even at NDCG 0
 
 
-def prepare(root: Path, scale: str) -> Path:
-    """A workspace with a champion: the retrain's steps once, tiny training settings."""
+def prepare(root: Path, scale: str, model: str = "test", nearline_users: int = 0) -> Path:
+    """A workspace with a champion: the retrain's steps once, tiny training settings. `model`: "test" is the test
+    suite's model (hidden 32, 2 layers: fast to generate with), "default" the shape params.yaml ships."""
     import pandas as pd
 
     from leadre.data.generate import run_generate
@@ -43,8 +44,10 @@ def prepare(root: Path, scale: str) -> Path:
 
     baselines = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())["evaluate"]["baselines"]
     # the champion only has to exist: SASRec would train on every user of a large world for many minutes
-    settings = {**FAST_TRAINING, "world.scale": scale, "prompts.workers": 1, "evaluate.max_users": 60,
-                "evaluate.baselines": {name: s for name, s in baselines.items() if name != "sasrec"}}
+    training = FAST_TRAINING if model == "test" else {k: v for k, v in FAST_TRAINING.items() if k != "model.tiny"}
+    settings = {**training, "world.scale": scale, "prompts.workers": 1, "evaluate.max_users": 60,
+                "evaluate.baselines": {name: s for name, s in baselines.items() if name != "sasrec"},
+                "nearline.max_users": nearline_users}
     params = write_params(root, settings)
     run_generate(params)
     users = len(pd.read_parquet(params.path(params.data.generated_dir) / "users.parquet", columns=["user_id"]))
@@ -105,7 +108,7 @@ def time_step(step: str, params_file: Path, shards: int = 2) -> dict:
 
 
 def report(result: dict) -> str:
-    lines = [f"scale {result['scale']}, {result['cpus']} CPUs (load average {result['load_average']})",
+    lines = [f"scale {result['scale']}, {result.get('model', 'test')} model, {result['cpus']} CPUs (load average {result['load_average']})",
              "| step | users | 1 shard users/s | 2 shards users/s | speedup | merge share |",
              "|---|---:|---:|---:|---:|---:|"]
     for step, r in result["steps"].items():
@@ -119,14 +122,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.shards", description=__doc__.splitlines()[0])
     parser.add_argument("--scale", default="tiny", help="world.scale of the generated world (params.yaml's scales)")
     parser.add_argument("--steps", default="prompts,nearline", help="comma-separated: prompts, nearline")
+    parser.add_argument("--model", choices=("test", "default"), default="test",
+                        help="near-line's model: the test suite's (fast) or the shape params.yaml ships")
+    parser.add_argument("--nearline-users", type=int, default=0, help="nearline.max_users (0 = every active user)")
     parser.add_argument("--keep", action="store_true", help="keep the workspace (printed)")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="leadre-bench-shards-"))
     try:
         print(f"preparing a {args.scale} world with a champion in {root} …", flush=True)
-        params_file = prepare(root, args.scale)
+        params_file = prepare(root, args.scale, args.model, args.nearline_users)
         steps = {step: time_step(step, params_file) for step in args.steps.split(",")}
-        result = {"scale": args.scale, "cpus": os.cpu_count(), "load_average": [round(x, 1) for x in os.getloadavg()],
+        result = {"scale": args.scale, "model": args.model, "nearline_users": args.nearline_users, "cpus": os.cpu_count(), "load_average": [round(x, 1) for x in os.getloadavg()],
                   "steps": steps}
         print(report(result))
         print(json.dumps(result, indent=2))
