@@ -1,5 +1,6 @@
 """Process-wide runtime settings every torch-using step applies the same way (training, evaluation, generation,
-near-line). Light on purpose: torch is imported only when a setting is applied."""
+near-line), and how a long step reports progress (a bar at a terminal, log lines elsewhere). Light on purpose:
+torch and tqdm are imported only when used."""
 
 from __future__ import annotations
 
