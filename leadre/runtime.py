@@ -30,17 +30,24 @@ class _ProgressLines:
 
         self.total, self.desc, self.unit, self.every = total, desc, unit, every_seconds
         self.done, self._clock, self._log = 0, clock or time.perf_counter, logging.getLogger("leadre.progress")
-        self.started = self.last = self._clock()
+        self.first: tuple[float, int] | None = None  # (time, count) at the first update
+        self.last = 0.0  # time of the last line
 
     def update(self, n: int = 1) -> None:
         self.done += n
         now = self._clock()
+        if self.first is None:  # rates count from the first update: loading and warm-up are not throughput
+            self.first, self.last = (now, self.done), now
+            if self.done < self.total:
+                return
         if now - self.last >= self.every or self.done >= self.total:
             self.last = now
-            rate = self.done / max(now - self.started, 1e-9)
-            left = (self.total - self.done) / max(rate, 1e-9)
-            self._log.info("%s: %d/%d %ss (%.0f%%), %.1f %ss/s, %.0f s left", self.desc, self.done, self.total,
-                           self.unit, 100 * self.done / max(self.total, 1), rate, self.unit, left)
+            since, before = self.first
+            line = f"{self.desc}: {self.done}/{self.total} {self.unit}s ({100 * self.done / max(self.total, 1):.0f}%)"
+            if now > since and self.done > before:
+                rate = (self.done - before) / (now - since)
+                line += f", {rate:.1f} {self.unit}s/s, {(self.total - self.done) / rate:.0f} s left"
+            self._log.info("%s", line)
 
     def __enter__(self) -> _ProgressLines:
         return self

@@ -6,16 +6,16 @@ from leadre import runtime
 
 
 def test_outside_a_terminal_progress_is_a_log_line_every_few_seconds(monkeypatch, caplog):
-    readings = iter([0.0, 1.0, 4.0, 11.0, 12.0])  # start, then one reading per update
+    readings = iter([1.0, 4.0, 11.0, 12.0])  # one per update; the first (after loading) starts the rate's clock
     monkeypatch.setattr(runtime, "interactive", lambda: False)
     with caplog.at_level(logging.INFO, logger="leadre.progress"):
         with runtime.progress(400, "encode ads", "text", every_seconds=10, clock=lambda: next(readings)) as bar:
             for _ in range(4):
                 bar.update(100)
     lines = [r.getMessage() for r in caplog.records]
-    # 11 s is past the 10 s mark; the end always gets its line; 1 s and 4 s get none
-    assert lines == ["encode ads: 300/400 texts (75%), 27.3 texts/s, 4 s left",
-                     "encode ads: 400/400 texts (100%), 33.3 texts/s, 0 s left"]
+    # 11 s is 10 s after the first update; the end always gets its line; 4 s gets none
+    assert lines == ["encode ads: 300/400 texts (75%), 20.0 texts/s, 5 s left",
+                     "encode ads: 400/400 texts (100%), 27.3 texts/s, 0 s left"]
     assert not any("\r" in line for line in lines)
 
 
@@ -25,3 +25,11 @@ def test_at_a_terminal_progress_is_a_tqdm_bar(monkeypatch):
     monkeypatch.setattr(runtime, "interactive", lambda: True)
     with runtime.progress(3, "encode ads", "text") as bar:
         assert isinstance(bar, tqdm)
+
+
+def test_a_single_update_that_finishes_logs_one_line_without_a_rate(monkeypatch, caplog):
+    monkeypatch.setattr(runtime, "interactive", lambda: False)
+    with caplog.at_level(logging.INFO, logger="leadre.progress"):
+        with runtime.progress(50, "encode ads", "text", clock=lambda: 3.0) as bar:
+            bar.update(50)
+    assert [r.getMessage() for r in caplog.records] == ["encode ads: 50/50 texts (100%)"]
