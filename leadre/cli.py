@@ -26,6 +26,7 @@ from typer.core import TyperGroup, TyperOption
 
 from leadre.config import ConfigError, Params, load_params, parse_overrides
 from leadre.errors import LeadreError, UserError, one_line
+from leadre.runtime import quiet_library_bars
 
 UNEXPECTED_HINT = "(run with --verbose for the traceback)"  # marks an error the platform did not raise on purpose
 
@@ -171,6 +172,7 @@ def main(
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("great_expectations").setLevel(logging.WARNING)  # its INFO chatter buries our messages
+    quiet_library_bars()
     _State.params_file = params
     _State.verbose = verbose
     try:

@@ -20,6 +20,17 @@ def interactive() -> bool:
     return sys.stderr.isatty()
 
 
+def quiet_library_bars() -> None:
+    """Outside a terminal, the Hugging Face libraries' own bars (loading weights, downloads, datasets' `map`) are
+    off, as ours are: a log file keeps their carriage-return redraws as one garbled line. They read these variables
+    when first imported, so call this first (the CLI does); a variable the user set wins."""
+    import os
+
+    if not interactive():
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+
 class _ProgressLines:
     """tqdm's `update` for logs: one line every `every_seconds` with the count, the rate and the time left,
     instead of a bar redrawn with carriage returns that a file keeps as one endless line."""

@@ -1,8 +1,13 @@
 """Progress outside a terminal: lines a person reads in a log file, not a bar redrawn with carriage returns."""
 
 import logging
+import os
+import shutil
+import subprocess
+import sys
 
 from leadre import runtime
+from tests.conftest import write_params
 
 
 def test_outside_a_terminal_progress_is_a_log_line_every_few_seconds(monkeypatch, caplog):
@@ -33,3 +38,17 @@ def test_a_single_update_that_finishes_logs_one_line_without_a_rate(monkeypatch,
         with runtime.progress(50, "encode ads", "text", clock=lambda: 3.0) as bar:
             bar.update(50)
     assert [r.getMessage() for r in caplog.records] == ["encode ads: 50/50 texts (100%)"]
+
+
+def test_a_step_writing_to_a_log_shows_no_library_bars(tmp_path, validated):
+    """`leadre sids build` with its output going to a file, as under make run, Airflow or a pod: none of the Hugging
+    Face libraries' carriage-return bars (transformers' "Loading weights" when the encoder loads)."""
+    params = write_params(tmp_path)
+    shutil.copytree(validated, params.path(params.data.validated_dir))
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS")}
+    done = subprocess.run([sys.executable, "-m", "leadre.cli", "--params", str(tmp_path / "params.yaml"),
+                           "sids", "build"], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "semantic IDs built" in done.stdout
+    assert "Loading weights" not in done.stderr and "\r" not in done.stderr
