@@ -21,14 +21,16 @@ def interactive() -> bool:
 
 
 def quiet_library_bars() -> None:
-    """Outside a terminal, the Hugging Face libraries' own bars (loading weights, downloads, datasets' `map`) are
-    off, as ours are: a log file keeps their carriage-return redraws as one garbled line. They read these variables
-    when first imported, so call this first (the CLI does); a variable the user set wins."""
+    """Outside a terminal, the libraries' own bars (Hugging Face: loading weights, downloads, datasets' `map`;
+    MLflow: artifact downloads) are off, as ours are: a log file keeps their carriage-return redraws as one garbled
+    line. Hugging Face reads its variables when first imported, so call this first (the CLI does); a variable the
+    user set wins."""
     import os
 
     if not interactive():
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 class _ProgressLines:

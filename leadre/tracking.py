@@ -59,12 +59,11 @@ def _store_params(params: Params) -> Params:
 
 def configure(params: Params) -> str:
     """Point MLflow at the tracking store and make sure the experiment exists; returns the experiment id."""
-    import sys
-
     import mlflow
 
-    if not sys.stderr.isatty():  # its artifact download bar redraws line after line in a log file; a terminal keeps it
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from leadre.runtime import quiet_library_bars
+
+    quiet_library_bars()  # MLflow reads its bar's switch at each download: also for callers that skip the CLI
 
     mlflow.set_system_metrics_sampling_interval(params.tracking.system_metrics_seconds)
     uri = tracking_uri(params)
