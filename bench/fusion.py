@@ -48,30 +48,12 @@ def lists_of(seed_dir: Path, split: str) -> dict:
 
 
 def fused(lists: dict, weights: dict[str, float], rank_constant: float, k: int = 50) -> np.ndarray:
-    """Weighted RRF over the LLM and any number of channels (the same rule as leadre.decode.fusion)."""
-    import pandas as pd
+    """The LLM's and the channels' lists under weighted RRF (leadre.decode.fusion, any number of channels)."""
+    from leadre.decode.fusion import reciprocal_rank_fusion
 
-    from leadre.units import PAD
-
-    parts = []
-    for order, (name, weight) in enumerate(weights.items()):
-        if weight == 0:
-            continue
-        ids = lists["llm"] if name == "llm" else lists["channels"][name]
-        ids = ids[:, :lists["params"].fusion.depth]
-        rank = np.broadcast_to(np.arange(1, ids.shape[1] + 1), ids.shape)
-        row = np.broadcast_to(np.arange(len(ids))[:, None], ids.shape)
-        keep = ids != PAD
-        parts.append(pd.DataFrame({"row": row[keep], "ad": ids[keep], "score": weight / (rank_constant + rank[keep]),
-                                   "tie": order * 10_000_000 + rank[keep]}))
-    both = pd.concat(parts, ignore_index=True).groupby(["row", "ad"], sort=False).agg(
-        score=("score", "sum"), tie=("tie", "min")).reset_index()
-    both = both.sort_values(["row", "score", "tie"], ascending=[True, False, True], kind="stable")
-    both["slot"] = both.groupby("row").cumcount()
-    both = both[both["slot"] < k]
-    out = np.full((len(lists["llm"]), k), PAD, dtype=np.int64)
-    out[both["row"].to_numpy(), both["slot"].to_numpy()] = both["ad"].to_numpy()
-    return out
+    channels = [(lists["llm"] if name == "llm" else lists["channels"][name], weight)
+                for name, weight in weights.items() if weight]
+    return reciprocal_rank_fusion(channels, k, rank_constant, lists["params"].fusion.depth)[0]
 
 
 def lists_names(by_seed: dict) -> list[str]:

@@ -20,18 +20,26 @@ def fuse(llm: np.ndarray, channel: np.ndarray, k: int, settings: FusionParams) -
 
     `llm` and `channel` are (n, width) ranked ad ids padded with PAD; only the first `settings.depth` of each count.
     """
-    llm, channel = np.asarray(llm, dtype=np.int64), np.asarray(channel, dtype=np.int64)
-    if len(llm) != len(channel):
-        raise ValueError(f"fusion needs one list per user from each channel, got {len(llm)} and {len(channel)}")
-    n = len(llm)
+    return reciprocal_rank_fusion([(llm, settings.llm_weight), (channel, settings.channel_weight)], k,
+                                  settings.rank_constant, settings.depth)
+
+
+def reciprocal_rank_fusion(channels: list[tuple[np.ndarray, float]], k: int, rank_constant: float,
+                           depth: int) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted RRF over any number of (lists, weight) channels, ties to the earlier channel; as `fuse`."""
+    lists_by_channel = [np.asarray(lists, dtype=np.int64) for lists, _ in channels]
+    if len({len(lists) for lists in lists_by_channel}) > 1:
+        raise ValueError("fusion needs one list per user from each channel, got "
+                         + " and ".join(str(len(lists)) for lists in lists_by_channel))
+    n = len(lists_by_channel[0])
     parts = []
-    for order, (lists, weight) in enumerate(((llm, settings.llm_weight), (channel, settings.channel_weight))):
-        lists = lists[:, :settings.depth]
+    for order, (lists, (_, weight)) in enumerate(zip(lists_by_channel, channels)):
+        lists = lists[:, :depth]
         rank = np.broadcast_to(np.arange(1, lists.shape[1] + 1), lists.shape)
         row = np.broadcast_to(np.arange(n)[:, None], lists.shape)
         keep = lists != PAD
-        parts.append(pd.DataFrame({"row": row[keep], "ad": lists[keep], "score": weight / (settings.rank_constant
-                                   + rank[keep]), "tie": order * 10_000_000 + rank[keep]}))
+        parts.append(pd.DataFrame({"row": row[keep], "ad": lists[keep], "score": weight / (rank_constant + rank[keep]),
+                                   "tie": order * 10_000_000 + rank[keep]}))
     both = pd.concat(parts, ignore_index=True)
     fused = both.groupby(["row", "ad"], sort=False).agg(score=("score", "sum"), tie=("tie", "min")).reset_index()
     fused = fused.sort_values(["row", "score", "tie"], ascending=[True, False, True], kind="stable")
