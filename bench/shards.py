@@ -42,7 +42,8 @@ def prepare(root: Path, scale: str, model: str = "test", nearline_users: int = 0
 
     import yaml
 
-    baselines = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())["evaluate"]["baselines"]
+    repo_params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text(encoding="utf-8"))
+    baselines = repo_params["evaluate"]["baselines"]
     # the champion only has to exist: SASRec would train on every user of a large world for many minutes
     training = FAST_TRAINING if model == "test" else {k: v for k, v in FAST_TRAINING.items() if k != "model.tiny"}
     settings = {**training, "world.scale": scale, "prompts.workers": 1, "evaluate.max_users": 60,
@@ -108,7 +109,8 @@ def time_step(step: str, params_file: Path, shards: int = 2) -> dict:
 
 
 def report(result: dict) -> str:
-    lines = [f"scale {result['scale']}, {result.get('model', 'test')} model, {result['cpus']} CPUs (load average {result['load_average']})",
+    lines = [f"scale {result['scale']}, {result.get('model', 'test')} model, {result['cpus']} CPUs "
+             f"(load average {result['load_average']})",
              "| step | users | 1 shard users/s | 2 shards users/s | speedup | merge share |",
              "|---|---:|---:|---:|---:|---:|"]
     for step, r in result["steps"].items():
@@ -132,7 +134,8 @@ def main() -> None:
         print(f"preparing a {args.scale} world with a champion in {root} …", flush=True)
         params_file = prepare(root, args.scale, args.model, args.nearline_users)
         steps = {step: time_step(step, params_file) for step in args.steps.split(",")}
-        result = {"scale": args.scale, "model": args.model, "nearline_users": args.nearline_users, "cpus": os.cpu_count(), "load_average": [round(x, 1) for x in os.getloadavg()],
+        result = {"scale": args.scale, "model": args.model, "nearline_users": args.nearline_users,
+                  "cpus": os.cpu_count(), "load_average": [round(x, 1) for x in os.getloadavg()],
                   "steps": steps}
         print(report(result))
         print(json.dumps(result, indent=2))
