@@ -13,7 +13,7 @@ from leadre.config import Params
 from leadre.data.tables import read_tables, write_tables
 from leadre.data.validate import run_validate
 from leadre.prompts.build import run_build_prompts
-from leadre.prompts.tokens import TokenCounter
+from leadre.prompts.tokens import BUILTIN_MINILM, SID_TOKEN, TokenCounter, minilm_folder
 from tests.conftest import write_params
 
 UTC = "UTC"
@@ -217,6 +217,22 @@ def test_prompt_token_bound_holds_for_the_real_tokenizer(tiny_prompts):
     assert exact.max() <= tiny_prompts.prompts.max_prompt_tokens
     assert (exact <= main["prompt_tokens"].to_numpy()).all()  # the fast count never under-counts
     assert (main["prompt_tokens"] > 0.8 * tiny_prompts.prompts.max_prompt_tokens).mean() > 0.3  # the bound bites
+
+
+def test_token_counts_equal_the_transformers_tokenizer(tiny_prompts):
+    """The counter reads tokenizer.json with `tokenizers` alone; the count must be what AutoTokenizer gives, on whole
+    prompts longer than the file's own 128-token truncation."""
+    from transformers import AutoTokenizer
+
+    reference = AutoTokenizer.from_pretrained(str(minilm_folder()), local_files_only=True)
+    main = _sft(tiny_prompts, "train")
+    texts = [p[0]["content"] for p in main["prompt"][:300]] + ["Ünïcödé ｆｕｌｌ-width naïve 日本語 İstanbul ﬁ"]
+    expected = [len(SID_TOKEN.findall(t)) + len(reference(SID_TOKEN.sub(" ", t), add_special_tokens=False)["input_ids"])
+                for t in texts]
+    assert max(expected) > 128
+    counter = TokenCounter(BUILTIN_MINILM)
+    assert [counter.exact(t) for t in texts] == expected
+    assert counter.count(texts).tolist() == expected  # WordPiece: the per-word sum is exact
 
 
 def test_dpo_pairs_prefer_higher_ecpm_among_relevant_ads(tiny_prompts):
