@@ -6,8 +6,6 @@ the generation prompt, the response as the rest of the full conversation.
 
 from __future__ import annotations
 
-import math
-from collections import Counter
 
 
 def _split(tokenizer, prompt: list[dict], response: list[dict]) -> tuple[list[int], list[int]]:
@@ -58,12 +56,18 @@ def preference_accuracy(model, tokenizer, pairs, batch_size: int) -> dict[str, f
             "logp_margin": sum(margins) / len(margins)}
 
 
-def unigram_loss(tokenizer, train, valid) -> float:
+def unigram_loss(train_labels: list[list[int]], valid_labels: list[list[int]], vocab: int) -> float:
     """Per-token cross-entropy of the valid responses under the train responses' token frequencies (add-one).
 
+    Over the tokens the trainer scores (labels other than -100), so it measures what SFT's eval_loss measures.
     A model that ignores the prompt can reach this loss; SFT's validation loss has to land well below it.
     """
-    counts = Counter(t for p, r in zip(train["prompt"], train["completion"]) for t in _split(tokenizer, p, r)[1])
-    total, vocab = sum(counts.values()), len(tokenizer)
-    tokens = [t for p, r in zip(valid["prompt"], valid["completion"]) for t in _split(tokenizer, p, r)[1]]
-    return -sum(math.log((counts[t] + 1) / (total + vocab)) for t in tokens) / len(tokens)
+    import numpy as np
+
+    def scored(labels: list[list[int]]) -> np.ndarray:
+        flat = np.fromiter((t for row in labels for t in row), dtype=np.int64)
+        return flat[flat != -100]
+
+    train, valid = scored(train_labels), scored(valid_labels)
+    counts = np.bincount(train, minlength=max(vocab, int(valid.max(initial=0)) + 1))
+    return float(-np.log((counts[valid] + 1) / (len(train) + vocab)).mean())

@@ -16,7 +16,7 @@ from typing import Any
 from leadre.config import Params
 from leadre.sids.build import sid_vocabulary
 from leadre.train import common
-from leadre.train.data import SFT_COLUMNS, corpus, load_split
+from leadre.train.data import SFT_COLUMNS, corpus, load_split, tokenized_prompt_completion
 from leadre.train.model import (
     BUILTIN_TINY,
     check_causal_lm,
@@ -46,10 +46,12 @@ def run_sft(params: Params, resume: bool = False) -> dict[str, Any]:
     sid_tokens = sid_vocabulary(params.sids)
     model, tokenizer = load_model(params.model, corpus(train, params.model.tiny.tokenizer_corpus_rows), sid_tokens,
                                   cfg.seed, tokenizer_folder=resume_from)
+    is_main_task = [task == "main" for task in train.select_columns("task")[:]["task"]]
+    train = tokenized_prompt_completion(train.remove_columns("task"), tokenizer, cfg.completion_only_loss)
+    valid = tokenized_prompt_completion(valid, tokenizer, cfg.completion_only_loss) if len(valid) else valid
     # the baseline the validation loss must beat: main-task responses' token frequencies, prompt ignored
-    baseline = (unigram_loss(tokenizer, train.filter(lambda row: row["task"] == "main"), valid)
-                if main and len(valid) else None)
-    train = train.remove_columns("task")
+    baseline = (unigram_loss([row for row, keep in zip(train[:]["labels"], is_main_task) if keep],
+                             valid[:]["labels"], len(tokenizer)) if main and len(valid) else None)
     use_lora = common.lora_enabled(cfg.lora, params.model)
     peft = (common.lora_config(cfg.lora, common.new_token_ids(tokenizer, sid_tokens), common.tied(model))
             if use_lora else None)

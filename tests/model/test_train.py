@@ -36,6 +36,29 @@ def test_sft_learns_below_the_unigram_baseline(trained):
     assert saved["eval_loss"] == pytest.approx(sft["eval_loss"], rel=1e-5)
 
 
+@pytest.mark.parametrize("completion_only_loss", [True, False])
+def test_pretokenised_rows_are_what_sft_trainer_makes_of_raw_rows(prepared_data, completion_only_loss):
+    """SFT tokenises its rows in one batched call; TRL, given the raw prompt/completion rows, must train on exactly
+    the same token ids and labels (the loss on the response only, or on everything)."""
+    from trl import SFTConfig, SFTTrainer
+
+    from leadre.config import load_params
+    from leadre.train.data import SFT_COLUMNS, corpus, load_split, tokenized_prompt_completion
+    from leadre.train.model import load_model
+
+    params = load_params(prepared_data / "params.yaml")
+    rows = load_split(params, "sft", "train", SFT_COLUMNS, 300, 0)
+    model, tokenizer = load_model(params.model, corpus(rows, 300), sid_vocabulary(params.sids), 0)
+    ours = tokenized_prompt_completion(rows, tokenizer, completion_only_loss)
+    args = SFTConfig(output_dir=str(prepared_data / "unused"), max_length=params.sft.max_length, report_to=[],
+                     completion_only_loss=completion_only_loss, use_cpu=True, bf16=False, shuffle_dataset=False)
+    theirs = SFTTrainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer).train_dataset
+    given = SFTTrainer(model=model, args=args, train_dataset=ours, processing_class=tokenizer).train_dataset
+    assert given["input_ids"] == theirs["input_ids"]
+    assert given["labels"] == theirs["labels"]
+    assert any(-100 in labels for labels in given["labels"]) == completion_only_loss
+
+
 def test_saved_model_has_every_sid_token_as_one_token(trained):
     params, _, _ = trained
     model, tokenizer = load_trained(params.path(params.sft.out_dir))
