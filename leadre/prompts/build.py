@@ -224,9 +224,9 @@ def merge_prompts(params: Params, shards: int) -> dict:
 def _build_chunks(params: Params, shard: Shard, out: Path) -> tuple[list[dict], pd.DataFrame, np.ndarray]:
     """Render and write the chunks of users `shard` owns; returns each chunk's numbers for the card.
 
-    Pairs are selected over all users, as one run selects them (the seeded draws are one stream over users, and
-    selection is cheap next to rendering); a user's chunk is a hash of the user id into a number of chunks fixed by
-    the users table alone, and a chunk's draws are seeded by its number: no output depends on the shard count.
+    A shard selects only its users' pairs, with the draws one run makes over all users (select_pairs' `keep`); a
+    user's chunk is a hash of the user id into a number of chunks fixed by the users table alone, and a chunk's
+    draws are seeded by its number: no output depends on the shard count.
     """
     settings = params.prompts
     rng = np.random.default_rng(settings.seed)  # pair selection; each chunk has its own stream
@@ -238,13 +238,15 @@ def _build_chunks(params: Params, shard: Shard, out: Path) -> tuple[list[dict], 
     snapshot_ms = int(pd.Timestamp(params.data.snapshot_time).value // 1_000_000) if protocol == "temporal" else 0
     ad_intent = ads["industry"].cat.codes.to_numpy()
     intents = ads["industry"].cat.categories.astype(str).to_numpy()
-    pairs = select_pairs(event_log_, ad_intent, snapshot_ms, settings, rng, protocol)
     user_ids = tables["users"]["user_id"].to_numpy()
+    n_chunks = -(-len(user_ids) // settings.users_per_chunk)
+    chunk_of_user = bucket_of(user_ids, n_chunks)
+    keep = None if shard.count == 1 else shard.owns_bucket(chunk_of_user)
+    pairs = select_pairs(event_log_, ad_intent, snapshot_ms, settings, rng, protocol, keep)
     ad_ids = ads["ad_id"].to_numpy()
 
     context = _Context(event_log_, catalogue, settings, ads, ad_sid, ad_ids, user_ids, intents, out)
-    n_chunks = -(-len(user_ids) // settings.users_per_chunk)
-    chunk_of_pair = bucket_of(user_ids, n_chunks)[pairs.user]
+    chunk_of_pair = chunk_of_user[pairs.user]
     owned = np.unique(chunk_of_pair)
     owned = owned[shard.owns_bucket(owned)]
     chunks = [(int(c), pairs.take(np.flatnonzero(chunk_of_pair == c))) for c in owned]

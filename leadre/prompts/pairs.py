@@ -124,13 +124,19 @@ def leave_out_targets(user: np.ndarray, ts: np.ndarray, ad: np.ndarray) -> tuple
 
 
 def select_pairs(log: EventLog, ad_industry: np.ndarray, snapshot_ms: int, params: PromptParams,
-                 rng: np.random.Generator, protocol: str = "temporal") -> Pairs:
-    """Cut-offs and intent-grouped targets for every split, under the temporal or the leave-last-out protocol."""
+                 rng: np.random.Generator, protocol: str = "temporal", keep: np.ndarray | None = None) -> Pairs:
+    """Cut-offs and intent-grouped targets for every split, under the temporal or the leave-last-out protocol.
+
+    `keep` (a mask over users) selects only those users' pairs, exactly the rows and order the unmasked call gives
+    them: the random draws are still made for every user, so each user's draws do not depend on the mask (a shard
+    of the prompts step selects its own users' pairs, and the costly grouping of targets shrinks with its share).
+    """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    keep = np.ones(len(log.user_start), dtype=bool) if keep is None else keep
     e = _engagements(log)
     if protocol == "leave_last_out":
-        return _leave_last_out_pairs(log, e, ad_industry, params, rng)
+        return _leave_last_out_pairs(log, e, ad_industry, params, rng, keep)
     test_cut = snapshot_ms - params.holdout_days * MS_PER_DAY
     valid_cut = test_cut - params.holdout_days * MS_PER_DAY
 
@@ -143,21 +149,23 @@ def select_pairs(log: EventLog, ad_industry: np.ndarray, snapshot_ms: int, param
     cuts = []
     for split, start, end in ((1, valid_cut, test_cut), (2, test_cut, snapshot_ms)):
         users = np.unique(e.user[(e.ts >= start) & (e.ts < end)])
+        users = users[keep[users]]
         enough = log.position(users, np.full(len(users), start)) - log.user_start[users] >= params.min_history_events
         users = users[enough & held_out[users]] if split == 1 else users[enough]
         cuts.append((users, np.full(len(users), start), np.full(len(users), end), np.full(len(users), split)))
     train_end = np.where(held_out[e.user], valid_cut, test_cut)  # per engagement: its user's end of training
-    cuts.append(_train_cutoffs(log, e, train_end, params, rng))
+    cuts.append(_train_cutoffs(log, e, train_end, params, rng, keep))
     return _window_pairs(log, e, ad_industry, *(np.concatenate(x) for x in zip(*cuts)))
 
 
 def _leave_last_out_pairs(log: EventLog, e: _Engagements, ad_industry: np.ndarray, params: PromptParams,
-                          rng: np.random.Generator) -> Pairs:
+                          rng: np.random.Generator, keep: np.ndarray) -> Pairs:
     users, valid, test = leave_out_targets(e.user, e.ts, e.ad)
     # Training ends at the user's valid target; a user without one is never scored and trains on everything.
     user_end = np.full(len(log.user_start), np.iinfo(np.int64).max)
     user_end[users] = e.ts[valid]
-    train = _window_pairs(log, e, ad_industry, *_train_cutoffs(log, e, user_end[e.user], params, rng))
+    train = _window_pairs(log, e, ad_industry, *_train_cutoffs(log, e, user_end[e.user], params, rng, keep))
+    users, valid, test = users[keep[users]], valid[keep[users]], test[keep[users]]
     # One pair per user and split: the held-out ad alone is relevant, at the instant it was engaged with.
     held = np.concatenate([valid, test])
     split = np.repeat([1, 2], len(users))
@@ -177,7 +185,7 @@ def _concat(parts: list[Pairs]) -> Pairs:
 
 
 def _train_cutoffs(log: EventLog, e: _Engagements, train_end: np.ndarray, params: PromptParams,
-                   rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+                   rng: np.random.Generator, keep: np.ndarray) -> tuple[np.ndarray, ...]:
     """(user, cut-off, end, split) of the train pairs; `train_end` is each engagement's user's end of training.
 
     At earlier clicks with enough history, a few per user, chosen at random. Not at conversions: the answer there
@@ -192,6 +200,8 @@ def _train_cutoffs(log: EventLog, e: _Engagements, train_end: np.ndarray, params
     if params.train_cutoff_half_life_days:
         age_days = (train_end[candidates] - e_ts[candidates]) / MS_PER_DAY
         draw = -np.log1p(-draw) * np.exp2(age_days / params.train_cutoff_half_life_days)
+    kept = keep[e_user[candidates]]  # after the draw: every candidate consumes its number, kept or not
+    candidates, draw = candidates[kept], draw[kept]
     order = np.lexsort((draw, e_user[candidates]))
     candidates = candidates[order]
     first_of_user = np.r_[True, e_user[candidates][1:] != e_user[candidates][:-1]]

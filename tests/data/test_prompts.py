@@ -12,7 +12,8 @@ import pytest
 from leadre.config import Params
 from leadre.data.tables import read_tables, write_tables
 from leadre.data.validate import run_validate
-from leadre.prompts.build import run_build_prompts
+from leadre.prompts.build import load_sources, run_build_prompts
+from leadre.prompts.pairs import PROTOCOLS, select_pairs
 from leadre.prompts.tokens import BUILTIN_MINILM, SID_TOKEN, TokenCounter, minilm_folder
 from tests.conftest import write_params
 
@@ -168,6 +169,22 @@ def tiny_prompts(tmp_path_factory) -> Params:
     _write_sids(params, {a: f"<a_{i % 7}><b_{i // 7 % 7}><c_{i // 49}><d_0>" for i, a in enumerate(ads["ad_id"])})
     run_build_prompts(params)
     return params
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_shards_pairs_are_its_users_pairs_of_the_whole_run(tiny_prompts, protocol):
+    """A prompts shard selects only its users' pairs: the same rows, in the same order, as one run gives them."""
+    sources = load_sources(tiny_prompts)
+    log, ads = sources.event_log, sources.tables["ads"]
+    args = (log, ads["industry"].cat.codes.to_numpy(),
+            int(pd.Timestamp(tiny_prompts.data.snapshot_time).value // 1_000_000), tiny_prompts.prompts)
+    whole = select_pairs(*args, np.random.default_rng(3), protocol)
+    keep = np.arange(len(log.user_start) - 1) % 3 == 1
+    part = select_pairs(*args, np.random.default_rng(3), protocol, keep)
+    expected = whole.take(np.flatnonzero(keep[whole.user]))
+    assert 0 < len(part) < len(whole) and (part.split == 0).any() and (part.split > 0).any()
+    for field in ("user", "cutoff", "split", "target_ad", "target_ts", "intent", "targets", "target_offsets"):
+        assert np.array_equal(getattr(part, field), getattr(expected, field)), field
 
 
 def test_prompts_use_only_events_before_their_cut_off(tiny_prompts):
