@@ -54,21 +54,20 @@ def tokenized_prompt_completion(rows, tokenizer, completion_only_loss: bool):
     the completion starting where their token ids part; labels -100 on the prompt under `completion_only_loss`.
     TRL renders and tokenises row by row in `Dataset.map` (~40 s of the default SFT's set-up, two Python calls per
     row); here every text is rendered, then tokenised in one batched call. Given `input_ids` and `labels`, TRL skips
-    its own tokenisation and label building; truncation to max_length is still its own.
+    its own tokenisation and label building; truncation to max_length is still its own. Other columns of `rows`
+    (the task name) come along unchanged, for the caller to use and drop before the trainer sees them.
     """
-    import numpy as np
     from datasets import Dataset
+    from trl.data_utils import common_prefix_length
 
     columns = rows[:]  # Python lists in one conversion (iterating the columns converts row by row)
-    prompts, completions = columns["prompt"], columns["completion"]
+    prompts, completions = columns.pop("prompt"), columns.pop("completion")
     heads = tokenizer.apply_chat_template(prompts, add_generation_prompt=True, tokenize=False)
     fulls = tokenizer.apply_chat_template([p + c for p, c in zip(prompts, completions)], tokenize=False)
     ids = tokenizer(heads + fulls, add_special_tokens=False, return_attention_mask=False)["input_ids"]
     head_ids, full_ids = ids[:len(heads)], ids[len(heads):]
     labels = []
     for head, full in zip(head_ids, full_ids):
-        n = min(len(head), len(full))
-        differ = np.flatnonzero(np.asarray(head[:n]) != np.asarray(full[:n]))
-        prompt_len = int(differ[0]) if len(differ) else n  # trl.data_utils.common_prefix_length
+        prompt_len = common_prefix_length(head, full)
         labels.append([-100] * prompt_len + full[prompt_len:] if completion_only_loss else list(full))
-    return Dataset.from_dict({"input_ids": full_ids, "labels": labels})
+    return Dataset.from_dict({"input_ids": full_ids, "labels": labels, **columns})

@@ -28,6 +28,13 @@ from leadre.train.scoring import unigram_loss
 log = logging.getLogger(__name__)
 
 
+def main_task_unigram_loss(train, valid, vocab: int) -> float:
+    """The loss SFT's validation loss must beat: the main task's response token frequencies, prompt ignored."""
+    scored = train.select_columns(["task", "labels"])[:]  # not input_ids: converting them costs seconds
+    return unigram_loss([labels for labels, task in zip(scored["labels"], scored["task"]) if task == "main"],
+                        valid.select_columns("labels")[:]["labels"], vocab)
+
+
 def run_sft(params: Params, resume: bool = False) -> dict[str, Any]:
     from transformers import EarlyStoppingCallback
     from trl import SFTConfig, SFTTrainer
@@ -46,12 +53,10 @@ def run_sft(params: Params, resume: bool = False) -> dict[str, Any]:
     sid_tokens = sid_vocabulary(params.sids)
     model, tokenizer = load_model(params.model, corpus(train, params.model.tiny.tokenizer_corpus_rows), sid_tokens,
                                   cfg.seed, tokenizer_folder=resume_from)
-    is_main_task = [task == "main" for task in train.select_columns("task")[:]["task"]]
-    train = tokenized_prompt_completion(train.remove_columns("task"), tokenizer, cfg.completion_only_loss)
+    train = tokenized_prompt_completion(train, tokenizer, cfg.completion_only_loss)
     valid = tokenized_prompt_completion(valid, tokenizer, cfg.completion_only_loss) if len(valid) else valid
-    # the baseline the validation loss must beat: main-task responses' token frequencies, prompt ignored
-    baseline = (unigram_loss([row for row, keep in zip(train[:]["labels"], is_main_task) if keep],
-                             valid[:]["labels"], len(tokenizer)) if main and len(valid) else None)
+    baseline = main_task_unigram_loss(train, valid, len(tokenizer)) if main and len(valid) else None
+    train = train.remove_columns("task")
     use_lora = common.lora_enabled(cfg.lora, params.model)
     peft = (common.lora_config(cfg.lora, common.new_token_ids(tokenizer, sid_tokens), common.tied(model))
             if use_lora else None)

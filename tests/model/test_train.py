@@ -47,9 +47,12 @@ def test_pretokenised_rows_are_what_sft_trainer_makes_of_raw_rows(prepared_data,
     from leadre.train.model import load_model
 
     params = load_params(prepared_data / "params.yaml")
-    rows = load_split(params, "sft", "train", SFT_COLUMNS, 300, 0)
+    with_task = load_split(params, "sft", "train", [*SFT_COLUMNS, "task"], 300, 0)
+    rows = with_task.remove_columns("task")
     model, tokenizer = load_model(params.model, corpus(rows, 300), sid_vocabulary(params.sids), 0)
-    ours = tokenized_prompt_completion(rows, tokenizer, completion_only_loss)
+    ours = tokenized_prompt_completion(with_task, tokenizer, completion_only_loss)
+    assert ours["task"] == with_task["task"]  # run_sft's unigram baseline keeps the main task's rows by it
+    ours = ours.remove_columns("task")
     args = SFTConfig(output_dir=str(prepared_data / "unused"), max_length=params.sft.max_length, report_to=[],
                      completion_only_loss=completion_only_loss, use_cpu=True, bf16=False, shuffle_dataset=False)
     theirs = SFTTrainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer).train_dataset
