@@ -49,7 +49,7 @@ ablate: install  ## the four prompt-feature ablations as DVC experiments, then o
 # One pytest worker per core (at most 4), each test file whole on one worker: the files' module fixtures (a DVC
 # clone, an Airflow home) are built once, and test_dvc.py's tests keep their order. Most of the suite's time is one
 # process busy on one core (real Airflow, DVC and training runs at one torch thread), so 2 workers on 2 cores took
-# it from 18.4 to 11.6 min. `pytest path/to/test_x.py` alone stays one process.
+# it from 18.4 to 10.9 min (2026-12-02). `pytest path/to/test_x.py` alone stays one process.
 PYTEST_WORKERS ?= -n auto --maxprocesses 4 --dist loadfile
 test: install  ## the whole suite (CI calls exactly this)
 	pytest $(PYTEST_WORKERS)
