@@ -105,18 +105,16 @@ def retrain_runs(params_file: Path, retrain_id: str) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------------------- integrity
 
-# Child process: parse the DAG folder with a DagBag, time it, and describe the DAG as JSON.
+# Child process: parse the DAG folder with a DagBag and describe the DAG as JSON.
 _INSPECT = r"""
-import json, os, sys, time
+import json, os, sys
 before = set(sys.modules)
 from airflow.dag_processing.dagbag import DagBag
 airflow_loaded = set(sys.modules)
-started = time.perf_counter()
 bag = DagBag(sys.argv[1])
-parse_seconds = time.perf_counter() - started
 loaded_by_dag = sorted(set(sys.modules) - airflow_loaded)
 out = {"import_errors": {str(k): v for k, v in bag.import_errors.items()}, "dag_ids": sorted(bag.dags),
-       "parse_seconds": parse_seconds, "modules": sorted(sys.modules), "loaded_by_dag": loaded_by_dag}
+       "modules": sorted(sys.modules), "loaded_by_dag": loaded_by_dag}
 dag = bag.dags.get("leadre_retrain")
 if dag is not None:
     order = [t.task_id for t in dag.topological_sort()]
@@ -251,10 +249,10 @@ def k8s_dag(tmp_path_factory) -> dict[str, Any]:
     return inspect_dag(tmp_path_factory.mktemp("airflow_k8s"), "kubernetes")
 
 
-def test_dag_file_imports_without_errors_quickly_and_without_heavy_modules(local_dag):
+def test_dag_file_imports_without_errors_and_without_heavy_modules(local_dag):
     assert local_dag["import_errors"] == {}
     assert local_dag["dag_ids"] == [DAG_ID]
-    assert local_dag["parse_seconds"] < 2.0, f"parsing took {local_dag['parse_seconds']:.2f} s"
+    # how long parsing takes is a benchmark (`python -m bench.orchestration`), not a unit check
     heavy = sorted(m for m in local_dag["modules"] if m.split(".")[0] in HEAVY)
     assert heavy == [], f"parsing the DAG imported {heavy}"
     # the local runner does not load the Kubernetes provider's operator or the Kubernetes client
