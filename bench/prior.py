@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from bench import save_results
+from bench.quality import BASELINES, HEADLINE
 
 
 WIDTHS = (20, 50)
 NOW_WEIGHTS = (0.0, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0)
 TRAIN_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
-HEADLINE = ("ndcg@10", "hr@10", "new_ads.hr@10", "cold_users.ndcg@10")
 NOW_HALF_LIFE_DAYS = 7.0
 
 
@@ -47,11 +47,12 @@ def generate(seed_dir: Path) -> None:
     from leadre.evaluate.run import load_eval_set
     from leadre.runtime import set_cpu_threads
 
+    set_cpu_threads(1)
+    rec = None
     for split in ("valid", "test"):
         params = _params(seed_dir, split)
-        set_cpu_threads(1)
         data = load_eval_set(params)
-        rec = LlmRecommender(params.path(params.evaluate.candidate_dir), params.decode)
+        rec = rec or LlmRecommender(params.path(params.evaluate.candidate_dir), params.decode)  # same for both splits
         for width in WIDTHS:
             out = seed_dir / f"beams-{split}-{width}.npz"
             if out.exists():
@@ -83,6 +84,7 @@ def score_grid(seed_dir: Path, split: str) -> dict:
                        for f in sorted((params.path(params.prompts.out_dir) / "sft" / "train").glob("*.parquet"))])
     train_counts = train.loc[train["task"] == "main", "target_ad_id"].value_counts().astype(float)
     now_counts = popularity_scores(data.engagements, NOW_HALF_LIFE_DAYS)
+    k_max = max(params.evaluate.ks)
     results = {}
     for width in WIDTHS:
         beams = np.load(seed_dir / f"beams-{split}-{width}.npz")
@@ -94,7 +96,7 @@ def score_grid(seed_dir: Path, split: str) -> dict:
         log_train[ids >= 0] = _log_shares(train_counts, flat)
         for a, b in itertools.product(NOW_WEIGHTS, TRAIN_WEIGHTS):
             score = np.where(ids >= 0, lp + a * log_now - b * log_train, -np.inf)
-            order = np.argsort(-score, axis=1, kind="stable")[:, :20]
+            order = np.argsort(-score, axis=1, kind="stable")[:, :k_max]
             lists = np.take_along_axis(ids, order, axis=1)
             lists = np.where(lists >= 0, lists, PAD)
             results[(width, a, b)] = score_lists(params, data, lists)
@@ -118,7 +120,7 @@ def main() -> None:
     best_baseline = {}
     for s in seeds:
         summary = json.loads((s / "reports" / "evaluation" / "summary.json").read_text())["methods"]
-        best_baseline[s.name] = {m: max(summary[b][m] for b in ("popularity", "itemknn", "sasrec")) for m in HEADLINE}
+        best_baseline[s.name] = {m: max(summary[b][m] for b in BASELINES) for m in HEADLINE}
     settings = list(next(iter(grids.values()))["valid"])
     valid = {k: float(np.median([g["valid"][k]["ndcg@10"] for g in grids.values()])) for k in settings}
     ranked = sorted(settings, key=lambda k: -valid[k])
