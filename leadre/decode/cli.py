@@ -11,6 +11,7 @@ import pandas as pd
 from leadre.config import Params
 from leadre.decode.recommender import LlmRecommender, top_k
 from leadre.io import atomic_file
+from leadre.prompts import MAIN_TASK
 from leadre.runtime import set_cpu_threads
 
 
@@ -22,7 +23,7 @@ def run_recommend(params: Params, model: Path | None, split: str, users: int, k:
     if not files:
         raise FileNotFoundError(f"{folder}: no prompts (run `leadre prompts build` first)")
     rows = pd.concat([pd.read_parquet(f, columns=["prompt", "task", "user_id"]) for f in files])
-    rows = rows[rows["task"] == "main"].drop_duplicates("user_id").sort_values("user_id").head(users)
+    rows = rows[rows["task"] == MAIN_TASK].drop_duplicates("user_id").sort_values("user_id").head(users)
     if rows.empty:
         raise FileNotFoundError(f"{folder}: no main-task prompts (run `leadre prompts build` first)")
     recommender = LlmRecommender(params.path(model or params.evaluate.candidate_dir), params.decode)

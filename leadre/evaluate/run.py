@@ -25,6 +25,7 @@ from leadre.evaluate import metrics as m
 from leadre.evaluate.bootstrap import paired_lift
 from leadre.evaluate.baselines import ad_engagements, engaged_ads, make_baseline
 from leadre.io import write_json
+from leadre.prompts import MAIN_TASK
 from leadre.prompts.pairs import leave_out_targets
 from leadre.runtime import set_cpu_threads
 from leadre.sids.build import load_sid_table
@@ -56,7 +57,7 @@ def load_eval_set(params: Params) -> EvalSet:
     files = sorted(folder.glob("*.parquet"))
     rows = pd.concat([pd.read_parquet(f, columns=["prompt", "task", "user_id", "cutoff", "all_target_ad_ids"])
                       for f in files], ignore_index=True) if files else pd.DataFrame({"task": []})
-    rows = rows[rows["task"] == "main"]
+    rows = rows[rows["task"] == MAIN_TASK]
     if rows.empty:
         raise FileNotFoundError(f"{folder}: no main-task rows to evaluate (run `leadre prompts build` first)")
     # one ranking per user: intent-aware pairs of one user share the prompt; their targets are pooled

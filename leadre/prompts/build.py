@@ -34,7 +34,7 @@ import yaml
 from leadre.config import Params, PromptParams
 from leadre.data.tables import DataError, Finding, read_tables
 from leadre.io import atomic_dir, read_json, write_json
-from leadre.prompts import alignment
+from leadre.prompts import MAIN_TASK, alignment
 from leadre.prompts.pairs import SPLITS, EventLog, Pairs, select_pairs
 from leadre.prompts.render import Catalogue, Rendered, render
 from leadre.prompts.tokens import TokenCounter
@@ -373,7 +373,7 @@ def _write_main(writers, pairs: Pairs, shown: Rendered, ad_sid, ad_ids, user_ids
         )
         columns["all_target_ad_ids"] = _id_lists(part.target_offsets, ad_ids[part.targets])
         writers.write(f"sft/{split}", _sft_table(
-            "main", _messages(shown.user_message.take(pa.array(index))), _answers(ad_sid[part.target_ad]),
+            MAIN_TASK, _messages(shown.user_message.take(pa.array(index))), _answers(ad_sid[part.target_ad]),
             **columns))
         tokens[split].append(shown.tokens[index])
         events[split].append(shown.events_shown[index])

@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from leadre.config import Params
+from leadre.prompts import MAIN_TASK
 from leadre.sids.build import sid_vocabulary
 from leadre.train import common
 from leadre.train.data import SFT_COLUMNS, corpus, load_split, tokenized_prompt_completion
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 def main_task_unigram_loss(train, valid, vocab: int) -> float:
     """The loss SFT's validation loss must beat: the main task's response token frequencies, prompt ignored."""
     scored = train.select_columns(["task", "labels"])[:]  # not input_ids: converting them costs seconds
-    return unigram_loss([labels for labels, task in zip(scored["labels"], scored["task"]) if task == "main"],
+    return unigram_loss([labels for labels, task in zip(scored["labels"], scored["task"]) if task == MAIN_TASK],
                         valid.select_columns("labels")[:]["labels"], vocab)
 
 
