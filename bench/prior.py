@@ -4,8 +4,8 @@ The model learns p(ad | prompt) under the training pairs' mix of ads, spread ove
 at the cut-off, ads' popularity has moved on (new ads launched, old ones faded). Bayes' rule for a label shift
 (Saerens et al., 2002) re-weights each ad by p_now(ad) / p_train(ad):
     score = log p(ad | prompt) + a · log p_now(ad) − b · log p_train(ad)
-with p_now the recency-decayed engagement share at the cut-off and p_train the ad's share of the training
-responses (both add-one smoothed). a = b = 1 is the exact correction; a = b = 0 is the model alone.
+leadre/decode/prior.py holds the correction decoding applies (`decode.prior`: a, b and p_now's half-life); this
+script measures it over a grid of (beam width, a, b) on models a kept bench.quality run left, without retraining.
 
 Reads the seed folders a kept `python -m bench.quality --work DIR` left; per seed and split it generates the
 candidate's beams once per beam width (cached as .npz beside the seed), then scores a grid of (width, a, b) by
@@ -30,7 +30,6 @@ from bench.quality import BASELINES, HEADLINE
 WIDTHS = (20, 50)
 NOW_WEIGHTS = (0.0, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0)
 TRAIN_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
-NOW_HALF_LIFE_DAYS = 7.0
 
 
 def _params(seed_dir: Path, split: str):
@@ -66,14 +65,10 @@ def generate(seed_dir: Path) -> None:
             print(f"{seed_dir.name} {split} width {width}: {len(ids)} users", flush=True)
 
 
-def _log_shares(counts, index: np.ndarray) -> np.ndarray:
-    counts = counts.reindex(index, fill_value=0.0).to_numpy(np.float64)
-    return np.log((counts + 1.0) / (counts.sum() + len(counts)))
-
-
 def score_grid(seed_dir: Path, split: str) -> dict:
     import pandas as pd
 
+    from leadre.decode.prior import log_shares
     from leadre.evaluate.baselines import popularity_scores
     from leadre.evaluate.run import load_eval_set, score_lists
     from leadre.units import PAD
@@ -83,17 +78,17 @@ def score_grid(seed_dir: Path, split: str) -> dict:
     train = pd.concat([pd.read_parquet(f, columns=["task", "target_ad_id"])
                        for f in sorted((params.path(params.prompts.out_dir) / "sft" / "train").glob("*.parquet"))])
     train_counts = train.loc[train["task"] == "main", "target_ad_id"].value_counts().astype(float)
-    now_counts = popularity_scores(data.engagements, NOW_HALF_LIFE_DAYS)
+    now_counts = popularity_scores(data.engagements, params.decode.prior.half_life_days)
     k_max = max(params.evaluate.ks)
     results = {}
     for width in WIDTHS:
         beams = np.load(seed_dir / f"beams-{split}-{width}.npz")
         ids, lp = beams["ids"], beams["logprobs"]
-        flat = ids[ids >= 0]
+        ads, inverse = np.unique(ids[ids >= 0], return_inverse=True)
         log_now = np.zeros(ids.shape)
         log_train = np.zeros(ids.shape)
-        log_now[ids >= 0] = _log_shares(now_counts, flat)
-        log_train[ids >= 0] = _log_shares(train_counts, flat)
+        log_now[ids >= 0] = log_shares(now_counts, ads)[inverse]
+        log_train[ids >= 0] = log_shares(train_counts, ads)[inverse]
         for a, b in itertools.product(NOW_WEIGHTS, TRAIN_WEIGHTS):
             score = np.where(ids >= 0, lp + a * log_now - b * log_train, -np.inf)
             order = np.argsort(-score, axis=1, kind="stable")[:, :k_max]

@@ -6,6 +6,9 @@ files a bundle carries:
       config.json, *.safetensors    the weights (transformers' save_pretrained)
       tokenizer files               the tokenizer, S-ID tokens included
       leadre_model.json             provenance and metrics (META_FILE)
+      response_counts.parquet       ad_id, responses: how often each ad was the answer of a main-task training
+                                    pair (RESPONSE_COUNTS_FILE; SFT writes it, DPO carries it): the p_train of
+                                    the popularity-shift correction (leadre/decode/prior.py)
       sids/                         the S-ID files at training time (SID_FILES, copied from sids.out_dir):
         ad_sids.parquet             ad → S-ID, with live flags: what generation may recommend
         codebooks.npz               the frozen codebooks ...
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 META_FILE = "leadre_model.json"
+RESPONSE_COUNTS_FILE = "response_counts.parquet"
 SIDS_FOLDER = "sids"
 SID_TABLE = "ad_sids.parquet"
 CODEBOOKS_FILE = "codebooks.npz"
@@ -47,9 +51,14 @@ def bundle_sids(bundle: Path | str) -> Path:
     return Path(bundle) / SIDS_FOLDER
 
 
-def write_bundle(target: Path, model: Any, tokenizer: Any, sids_dir: Path, meta: dict[str, Any]) -> None:
-    """Write the model folder atomically: weights, tokenizer, the S-ID files and a small JSON of provenance."""
+def write_bundle(target: Path, model: Any, tokenizer: Any, sids_dir: Path, meta: dict[str, Any],
+                 response_counts: pd.Series | None = None) -> None:
+    """Write the model folder atomically: weights, tokenizer, the S-ID files, a small JSON of provenance and, when
+    given, the main-task response counts (ad id → count)."""
     with atomic_dir(target) as tmp:
+        if response_counts is not None:
+            response_counts.rename_axis("ad_id").rename("responses").reset_index().to_parquet(
+                tmp / RESPONSE_COUNTS_FILE, index=False)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         bundle_sids(tmp).mkdir()
@@ -67,3 +76,14 @@ def read_sid_table(folder: Path | str, columns: list[str] | None = None) -> pd.D
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run `leadre sids build` first")
     return pd.read_parquet(path, columns=columns)
+
+
+def read_response_counts(bundle: Path | str) -> pd.Series | None:
+    """ad id → main-task training responses; None for a folder written without them (an older or foreign model)."""
+    import pandas as pd
+
+    path = Path(bundle) / RESPONSE_COUNTS_FILE
+    if not path.is_file():
+        return None
+    frame = pd.read_parquet(path, columns=["ad_id", "responses"])
+    return pd.Series(frame["responses"].to_numpy(), index=frame["ad_id"].to_numpy(), name="responses")

@@ -295,12 +295,19 @@ class TrackingParams(_Section):
     system_metrics_seconds: float = Field(gt=0)
 
 
+class PriorParams(_Section):
+    now_weight: float = Field(ge=0)
+    train_weight: float = Field(ge=0)
+    half_life_days: float = Field(gt=0)
+
+
 class DecodeParams(_Section):
     beam_width: int = Field(ge=1)
     batch_size: int = Field(ge=1)
     value_weight: float = Field(ge=0)
     diversity_penalty: float = Field(ge=0)
     device: str
+    prior: PriorParams
 
 
 class BootstrapParams(_Section):

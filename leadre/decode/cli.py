@@ -9,7 +9,9 @@ import numpy as np
 import pandas as pd
 
 from leadre.config import Params
+from leadre.data.tables import read_tables
 from leadre.decode.recommender import LlmRecommender, top_k
+from leadre.evaluate.baselines import ad_engagements
 from leadre.io import atomic_file
 from leadre.prompts import MAIN_TASK
 from leadre.runtime import set_cpu_threads
@@ -22,15 +24,18 @@ def run_recommend(params: Params, model: Path | None, split: str, users: int, k:
     files = sorted(folder.glob("*.parquet"))
     if not files:
         raise FileNotFoundError(f"{folder}: no prompts (run `leadre prompts build` first)")
-    rows = pd.concat([pd.read_parquet(f, columns=["prompt", "task", "user_id"]) for f in files])
+    rows = pd.concat([pd.read_parquet(f, columns=["prompt", "task", "user_id", "cutoff"]) for f in files])
     rows = rows[rows["task"] == MAIN_TASK].drop_duplicates("user_id").sort_values("user_id").head(users)
     if rows.empty:
         raise FileNotFoundError(f"{folder}: no main-task prompts (run `leadre prompts build` first)")
     recommender = LlmRecommender(params.path(model or params.evaluate.candidate_dir), params.decode)
     generated = recommender.generate([list(p) for p in rows["prompt"]])
-    ads = pd.read_parquet(params.path(params.data.validated_dir) / "ads.parquet").set_index("ad_id")
+    tables = read_tables(params.path(params.data.validated_dir), ("ads", "events"))
+    ads = tables["ads"].set_index("ad_id")
+    # p_now from what was known before the earliest of these prompts' cut-offs: no answer leaks into the ranking
+    prior = recommender.popularity_shift(ad_engagements(tables["events"], before=rows["cutoff"].min()))
     ids, scores = top_k(generated, k, None, ads["ecpm"], ads["industry"], params.decode.value_weight,
-                        params.decode.diversity_penalty)
+                        params.decode.diversity_penalty, prior)
     result = [{"user_id": int(u), "ad_ids": [int(a) for a in i if a >= 0], "scores": [float(s) for s in sc if np.isfinite(s)]}
               for u, i, sc in zip(rows["user_id"], ids, scores)]
     if out is not None:

@@ -2,6 +2,8 @@
 
 Used by offline evaluation, the near-line service and the registered MLflow model alike, so all three rank the same
 way. The trie holds the live ads of the bundle's S-ID table only, so every returned ad is a real, eligible ad.
+Ranking corrects the model's scores for the shift in ad popularity since training (leadre/decode/prior.py) when
+the caller has the engagement log; the registered pyfunc, which has none, ranks by the model alone.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from leadre.bundle import SID_TABLE, SIDS_FOLDER
+from leadre.bundle import SID_TABLE, SIDS_FOLDER, read_response_counts
 from leadre.config import DecodeParams
 from leadre.units import PAD
 
@@ -57,6 +59,7 @@ class LlmRecommender:
         self.ad_ids = live["ad_id"].to_numpy(np.int64)
         self._by_ad_id = np.argsort(self.ad_ids, kind="stable")
         sids = live["sid"].tolist()
+        self.response_counts = read_response_counts(bundle)
         self.trie = TokenTrie.build(SidTrie.from_sids(sids).to_arrays(), self.tokenizer.convert_tokens_to_ids,
                                     sids=sids).to(self.device)
 
@@ -71,6 +74,13 @@ class LlmRecommender:
         at = np.searchsorted(self.ad_ids, ad_ids, sorter=self._by_ad_id).clip(max=len(self.ad_ids) - 1)
         rows = self._by_ad_id[at]
         return rows[self.ad_ids[rows] == ad_ids]
+
+    def popularity_shift(self, engagements: pd.DataFrame | None) -> pd.Series | None:
+        """Live ad id → the popularity-shift term `top_k` adds to its log-probability (`decode.prior`), given the ad
+        engagements (user_id, ad_id, ts) before ranking time; None when the correction is off or impossible."""
+        from leadre.decode.prior import popularity_shift
+
+        return popularity_shift(self.ad_ids, self.response_counts, engagements, self.settings.prior)
 
     def generate(self, prompts: list[list[dict]], beam_width: int | None = None,
                  exclude: list[np.ndarray] | None = None) -> Generated:
@@ -91,11 +101,13 @@ class LlmRecommender:
 
 
 def top_k(generated: Generated, k: int, exclude: list[np.ndarray] | None, ecpm: pd.Series, industry: pd.Series,
-          value_weight: float, diversity_penalty: float) -> tuple[np.ndarray, np.ndarray]:
+          value_weight: float, diversity_penalty: float, prior: pd.Series | None = None
+          ) -> tuple[np.ndarray, np.ndarray]:
     """(n, k) ad ids padded with PAD and their final scores, after exclusions and value/diversity re-ranking.
 
-    Final score = log-prob + λ·log(eCPM), then each further ad of an industry already chosen pays the diversity
-    penalty: λ trades relevance for revenue, the penalty relevance for variety.
+    Final score = log-prob + prior + λ·log(eCPM), then each further ad of an industry already chosen pays the
+    diversity penalty: the prior (`LlmRecommender.popularity_shift`) corrects relevance for popularity shift, λ
+    trades relevance for revenue, the penalty relevance for variety.
     """
     from leadre.decode.beam import rerank
 
@@ -108,6 +120,8 @@ def top_k(generated: Generated, k: int, exclude: list[np.ndarray] | None, ecpm: 
             ads, logprobs = ads[keep], logprobs[keep]
         if not len(ads):
             continue
+        if prior is not None:
+            logprobs = logprobs + prior.reindex(ads, fill_value=0.0).to_numpy()
         ranked = rerank(logprobs, ecpm.reindex(ads).to_numpy(), industry.reindex(ads).to_numpy(), value_weight,
                         diversity_penalty)
         chosen = ranked.order[:k]

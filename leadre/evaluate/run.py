@@ -192,8 +192,9 @@ def run_evaluate(params: Params) -> dict[str, Any]:
             timings[name] = time.perf_counter() - started
             log.info("evaluate: %s generated %d users' lists in %.1f s (%.1f users/s)", name, len(data.user_ids),
                      timings[name], len(data.user_ids) / max(timings[name], 1e-9))
+            prior = recommender.popularity_shift(data.engagements)  # each model its own: p_train is its training's
             ids, _ = top_k(generated, max(gen.beam_width, k_max), data.exclude, data.ads["ecpm"],
-                           data.ads["industry"], gen.value_weight, gen.diversity_penalty)
+                           data.ads["industry"], gen.value_weight, gen.diversity_penalty, prior)
             llm_lists[name] = ids
             methods[name] = score_lists(params, data, ids[:, :k_max], per_user, name)
             if name == CANDIDATE:  # the value/diversity trade-off reuses the same beams: no extra generation
@@ -201,7 +202,7 @@ def run_evaluate(params: Params) -> dict[str, Any]:
                     for penalty in ev.diversity_penalties:
                         # top-10 lists: re-ranking only changes which of the beams make the list when K < beams
                         ids, _ = top_k(generated, TRADEOFF_K, data.exclude, data.ads["ecpm"], data.ads["industry"],
-                                       weight, penalty)
+                                       weight, penalty, prior)
                         point = score_lists(params, data, np.pad(ids, ((0, 0), (0, k_max - TRADEOFF_K)),
                                                                  constant_values=m.PAD))
                         tradeoff.append({"value_weight": weight, "diversity_penalty": penalty,

@@ -121,9 +121,12 @@ def run_nearline(params: Params, shard: Shard | None = None) -> dict[str, Any]:
         rows = _baseline_rows(fitted, users, cfg.top_n, live["ad_id"].to_numpy(np.int64), exclude)
         version, label = None, fallback_label(baseline)
     else:
+        from leadre.evaluate.baselines import ad_engagements
+
         channel = _fitted_baseline(params, params.fusion.channel, events, now) if cfg.fusion else None
+        engagements = ad_engagements(events, now)  # the popularity-shift correction's p_now
         del events  # load_sources turns the frame into its event log: holding it here would double it in memory
-        rows = _champion_rows(params, champion, tables, now, live, users, exclude, channel)
+        rows = _champion_rows(params, champion, tables, now, live, users, exclude, channel, engagements)
         version = label = champion.version
     generation_seconds = time.perf_counter() - started
     if shard is not None:
@@ -146,7 +149,7 @@ def run_nearline(params: Params, shard: Shard | None = None) -> dict[str, Any]:
 
 def _champion_rows(params: Params, champion, tables: dict[str, pd.DataFrame], now: pd.Timestamp,
                    live: pd.DataFrame, users: np.ndarray, exclude: list[np.ndarray] | None,
-                   channel) -> list[tuple[int, np.ndarray, np.ndarray]]:
+                   channel, engagements: pd.DataFrame) -> list[tuple[int, np.ndarray, np.ndarray]]:
     """The champion's top-N per user: beam search over fresh prompts, fused with the ID channel when configured."""
     from leadre.decode.recommender import LlmRecommender, top_k
     from leadre.prompts.build import load_sources, serving_prompts
@@ -160,6 +163,7 @@ def _champion_rows(params: Params, champion, tables: dict[str, pd.DataFrame], no
         raise ModelError(f"champion version {champion.version} of {params.registry.model_name}: {err}") from None
     ecpm = pd.Series(live["ecpm"].to_numpy(), index=live["ad_id"])
     industry = pd.Series(live["industry"].to_numpy(), index=live["ad_id"])
+    prior = recommender.popularity_shift(engagements)
     rows: list[tuple[int, np.ndarray, np.ndarray]] = []
     started = time.perf_counter()
     for start in range(0, len(users), cfg.users_per_batch):
@@ -168,7 +172,7 @@ def _champion_rows(params: Params, champion, tables: dict[str, pd.DataFrame], no
         generated = recommender.generate(serving_prompts(params, sources, batch, now),
                                          beam_width=max(params.decode.beam_width, cfg.top_n), exclude=batch_exclude)
         ids, scores = top_k(generated, cfg.top_n, batch_exclude, ecpm, industry, params.decode.value_weight,
-                            params.decode.diversity_penalty)
+                            params.decode.diversity_penalty, prior)
         if channel is not None:  # merged retrieval: the LLM's lists fused with the ID channel's
             from leadre.decode.fusion import fuse
 

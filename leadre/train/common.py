@@ -6,7 +6,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from leadre.config import LoraParams, ModelParams, Params, _TrainerParams
 from leadre.bundle import write_bundle
@@ -14,6 +14,9 @@ from leadre.errors import UserError
 from leadre.io import write_json
 from leadre.train.model import BUILTIN_TINY
 from leadre.runtime import interactive
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -137,9 +140,10 @@ def new_token_ids(tokenizer, sid_tokens: list[str]) -> list[int]:
     return tokenizer.convert_tokens_to_ids(sid_tokens)
 
 
-def save_bundle(params: Params, model, tokenizer, target: Path, meta: dict[str, Any]) -> None:
+def save_bundle(params: Params, model, tokenizer, target: Path, meta: dict[str, Any],
+                response_counts: pd.Series | None = None) -> None:
     """The model bundle (leadre/bundle.py) with this run's S-ID files."""
-    write_bundle(target, model, tokenizer, params.path(params.sids.out_dir), meta)
+    write_bundle(target, model, tokenizer, params.path(params.sids.out_dir), meta, response_counts)
 
 
 def log_metrics_file(path: Path, metrics: dict[str, float]) -> None:
@@ -173,9 +177,10 @@ def main_process_run(params: Params, step: str, inputs: dict[str, Path]) -> Iter
 
 
 def finish_on_main(params: Params, cfg: _TrainerParams, step: str, final, tokenizer, meta: dict[str, Any],
-                   metrics: dict[str, float], arguments: Any = None) -> None:
-    """Rank 0's writes at the end of a step: the bundle, the run's final metrics and model, the DVC metrics file,
-    and the trainer's full `arguments` as the run's training_arguments.json."""
+                   metrics: dict[str, float], arguments: Any = None, response_counts: pd.Series | None = None) -> None:
+    """Rank 0's writes at the end of a step: the bundle (with the main-task response counts the model learned
+    from), the run's final metrics and model, the DVC metrics file, and the trainer's full `arguments` as the run's
+    training_arguments.json."""
     import mlflow
 
     from leadre.tracking import log_training_arguments
@@ -185,7 +190,7 @@ def finish_on_main(params: Params, cfg: _TrainerParams, step: str, final, tokeni
 
     target = params.path(cfg.out_dir)
     save_bundle(params, final, tokenizer, target, {"step": step, "base_model": params.model.base_model, **meta,
-                                                   "metrics": metrics})
+                                                   "metrics": metrics}, response_counts)
     mlflow.log_metrics({f"final.{k}": v for k, v in metrics.items()})
     log_bundle(params, target)
     log_metrics_file(params.path(cfg.metrics_file), metrics)

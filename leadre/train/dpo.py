@@ -12,6 +12,7 @@ import logging
 import time
 from typing import Any
 
+from leadre.bundle import read_response_counts
 from leadre.config import Params
 from leadre.sids.build import sid_vocabulary
 from leadre.train import common
@@ -76,6 +77,6 @@ def run_dpo(params: Params, resume: bool = False) -> dict[str, Any]:
         if run is not None:
             common.finish_on_main(params, cfg, "dpo", final, tokenizer, {
                 "run_id": run.info.run_id, "lora_merged": use_lora, "beta": cfg.beta, "loss_type": cfg.loss_type},
-                metrics, trainer.args)
+                metrics, trainer.args, response_counts=read_response_counts(sft_dir))  # the SFT model's prior
     processes.finish()
     return metrics

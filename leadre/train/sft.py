@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from leadre.config import Params
 from leadre.prompts import MAIN_TASK
@@ -26,6 +26,9 @@ from leadre.train.model import (
 )
 from leadre.train.scoring import unigram_loss
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 log = logging.getLogger(__name__)
 
 
@@ -34,6 +37,13 @@ def main_task_unigram_loss(train, valid, vocab: int) -> float:
     scored = train.select_columns(["task", "labels"])[:]  # not input_ids: converting them costs seconds
     return unigram_loss([labels for labels, task in zip(scored["labels"], scored["task"]) if task == MAIN_TASK],
                         valid.select_columns("labels")[:]["labels"], vocab)
+
+
+def main_task_response_counts(train) -> pd.Series:
+    """ad id → how often it answers a main-task training pair: the prior the model learns, which ranking corrects
+    for popularity shift (leadre/decode/prior.py)."""
+    rows = train.select_columns(["task", "target_ad_id"]).to_pandas()
+    return rows.loc[rows["task"] == MAIN_TASK, "target_ad_id"].astype("int64").value_counts().sort_index()
 
 
 def run_sft(params: Params, resume: bool = False) -> dict[str, Any]:
@@ -49,7 +59,10 @@ def run_sft(params: Params, resume: bool = False) -> dict[str, Any]:
         check_causal_lm(params.model.base_model)  # before any data is read: a wrong path fails at once
     checkpoints = params.path(cfg.checkpoint_dir)
     resume_from = checkpointing.prepare_checkpoints(checkpoints, resume)
-    train = load_split(params, "sft", "train", [*SFT_COLUMNS, "task"], cfg.max_train_examples, cfg.seed)
+    train = load_split(params, "sft", "train", [*SFT_COLUMNS, "task", "target_ad_id"], cfg.max_train_examples,
+                       cfg.seed)
+    responses = main_task_response_counts(train)
+    train = train.remove_columns("target_ad_id")
     valid = load_split(params, "sft", "valid", SFT_COLUMNS, cfg.max_eval_examples, cfg.seed)
     sid_tokens = sid_vocabulary(params.sids)
     model, tokenizer = load_model(params.model, corpus(train, params.model.tiny.tokenizer_corpus_rows), sid_tokens,
@@ -98,6 +111,7 @@ def run_sft(params: Params, resume: bool = False) -> dict[str, Any]:
         if run is not None:
             final = trainer.model.merge_and_unload() if use_lora else trainer.model
             common.finish_on_main(params, cfg, "sft", final, tokenizer, {
-                "run_id": run.info.run_id, "lora_merged": use_lora, "sid_tokens": len(sid_tokens)}, metrics, trainer.args)
+                "run_id": run.info.run_id, "lora_merged": use_lora, "sid_tokens": len(sid_tokens)}, metrics, trainer.args,
+                response_counts=responses)
     processes.finish()
     return metrics
