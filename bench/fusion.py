@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import save_results
-
-HEADLINE = ("ndcg@10", "hr@10", "new_ads.hr@10", "cold_users.ndcg@10")
+from bench.quality import HEADLINE
 LLM_WEIGHTS = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 SASREC_WEIGHTS = (0.0, 0.25, 0.5, 1.0)  # relative to item-KNN's 1.0
 RANK_CONSTANTS = (2, 5, 10, 20, 60)
@@ -36,10 +35,10 @@ def lists_of(seed_dir: Path, split: str) -> dict:
     data = load_eval_set(params)
     gen, depth = params.decode, params.fusion.depth
     width = max(gen.beam_width, max(params.evaluate.ks))  # as `leadre evaluate` generates
-    generated = LlmRecommender(params.path(params.evaluate.candidate_dir), gen).generate(
-        data.prompts, beam_width=width, exclude=data.exclude)
+    recommender = LlmRecommender(params.path(params.evaluate.candidate_dir), gen)
+    generated = recommender.generate(data.prompts, beam_width=width, exclude=data.exclude)
     llm, _ = top_k(generated, width, data.exclude, data.ads["ecpm"], data.ads["industry"], gen.value_weight,
-                   gen.diversity_penalty)
+                   gen.diversity_penalty, recommender.popularity_shift(data.engagements))
     channels = {}
     for baseline in _baselines(params):
         baseline.fit(data.engagements)
