@@ -233,8 +233,9 @@ def _what_was_run(params: Params, summary: dict[str, Any]) -> str:
     rows = [
         ("model", f"{html.escape(params.model.base_model)}; SFT {sft.epochs:g} epochs at lr {sft.learning_rate:g}; "
                   f"DPO {dpo.epochs:g} epochs, β {dpo.beta:g}"),
-        ("decoding", f"beam width {dec.beam_width}, value weight λ {dec.value_weight:g}, "
-                     f"diversity penalty {dec.diversity_penalty:g}"),
+        ("decoding", f"beam width {dec.beam_width}; popularity-shift prior: + {dec.prior.now_weight:g}·log p_now "
+                     f"(half-life {dec.prior.half_life_days:g} d) − {dec.prior.train_weight:g}·log p_train; "
+                     f"value weight λ {dec.value_weight:g}, diversity penalty {dec.diversity_penalty:g}"),
         ("evaluation", f"{html.escape(ev.protocol)} protocol, {html.escape(summary['split'])} split, cut-off "
                        f"{html.escape(summary['cutoff'])}, {fmt('users', summary['users'])} users"
                        + (f" (a sample of at most {ev.max_users})" if ev.max_users else "")

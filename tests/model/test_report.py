@@ -170,6 +170,8 @@ def test_what_was_run_names_the_params_data_commit_and_mlflow_run(reported):
     assert str(params.root.resolve()) not in json.dumps(provenance)  # a DVC output: the same in every clone
     assert html.escape(params.model.base_model) in page and "All params (params.yaml with overrides)" in page
     assert f"resamples: {params.evaluate.bootstrap.resamples}" in page  # the full params, folded
+    prior = params.decode.prior  # how the lists were ranked, not only what trained them
+    assert f"+ {prior.now_weight:g}·log p_now (half-life {prior.half_life_days:g} d) − {prior.train_weight:g}·log p_train" in page
 
 
 def test_hr_at_k_plot_has_one_line_per_method_on_the_ks_scored(reported):
