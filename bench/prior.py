@@ -66,8 +66,7 @@ def generate(seed_dir: Path) -> None:
 
 
 def score_grid(seed_dir: Path, split: str) -> dict:
-    import pandas as pd
-
+    from leadre.bundle import read_response_counts
     from leadre.decode.prior import log_shares
     from leadre.evaluate.baselines import popularity_scores
     from leadre.evaluate.run import load_eval_set, score_lists
@@ -75,9 +74,9 @@ def score_grid(seed_dir: Path, split: str) -> dict:
 
     params = _params(seed_dir, split)
     data = load_eval_set(params)
-    train = pd.concat([pd.read_parquet(f, columns=["task", "target_ad_id"])
-                       for f in sorted((params.path(params.prompts.out_dir) / "sft" / "train").glob("*.parquet"))])
-    train_counts = train.loc[train["task"] == "main", "target_ad_id"].value_counts().astype(float)
+    train_counts = read_response_counts(params.path(params.evaluate.candidate_dir))  # what SFT wrote: p_train
+    if train_counts is None:
+        raise SystemExit(f"bench.prior: {seed_dir} was trained before models carried their response counts")
     now_counts = popularity_scores(data.engagements, params.decode.prior.half_life_days)
     k_max = max(params.evaluate.ks)
     results = {}

@@ -10,6 +10,7 @@ from leadre.bundle import read_response_counts
 from leadre.config import PriorParams
 from leadre.decode.prior import popularity_shift
 from leadre.decode.recommender import Generated, top_k
+from leadre.prompts import MAIN_TASK
 from leadre.units import PAD
 
 EXACT = PriorParams(now_weight=1.0, train_weight=1.0, half_life_days=7.0)
@@ -81,7 +82,7 @@ def test_sft_writes_the_main_task_answers_it_learned_from_and_dpo_carries_them(t
     # the rows SFT trained on: sft.max_train_examples of the shuffled split
     rows = load_split(params, "sft", "train", ["task", "target_ad_id"], params.sft.max_train_examples,
                       params.sft.seed).to_pandas()
-    main = rows.loc[rows["task"] == "main", "target_ad_id"]
+    main = rows.loc[rows["task"] == MAIN_TASK, "target_ad_id"]
     assert 0 < len(main) < len(rows), "the sample must mix main and auxiliary rows for the test to mean anything"
     expected = main.value_counts()
     assert sft.sum() == len(main) and sft.to_dict() == expected.to_dict()
