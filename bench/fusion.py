@@ -2,9 +2,11 @@
 
 Reads the seed folders a kept `python -m bench.quality --work DIR` left (each with its trained candidate). For every
 seed and split it generates the candidate's lists once and fits every ID baseline, then scores each point of a grid
-of fusion settings (channel weights, RRF's rank constant) by NDCG@10. The setting with the best median valid NDCG@10
-over seeds is the choice; only then is the test split looked at, for that choice and for params.yaml's current one,
-as each seed's ratio to the best ID baseline (median and range over seeds). Choosing on test would flatter the row.
+of fusion settings by NDCG@10: both methods of leadre/decode/fusion.py, the mixture (LLM weight against item-KNN's,
+the LLM's temperature) and RRF (LLM and SASRec weights against item-KNN's 1, the rank constant). The setting with the
+best median valid NDCG@10 over seeds is the choice, for each method; only then is the test split looked at, for
+those choices and for params.yaml's current one, as each seed's ratio to the best ID baseline (median and range over
+seeds). Choosing on test would flatter the row.
 """
 
 from __future__ import annotations
@@ -17,42 +19,58 @@ import numpy as np
 
 from bench import save_results
 from bench.quality import HEADLINE
+
 LLM_WEIGHTS = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 SASREC_WEIGHTS = (0.0, 0.25, 0.5, 1.0)  # relative to item-KNN's 1.0
 RANK_CONSTANTS = (2, 5, 10, 20, 60)
+LLM_SHARES = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # the mixture: the LLM's weight, item-KNN's the rest of 1
+TEMPERATURES = (1.0, 1.5, 2.0, 3.0)
+REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
 
 def lists_of(seed_dir: Path, split: str) -> dict:
-    """The candidate's and every baseline's top-`depth` lists for one split, with what scoring them needs."""
-    from leadre.config import load_params
+    """The candidate's and every baseline's top-`depth` lists for one split (with the LLM's scores and each
+    baseline's shares, what the mixture reads), with what scoring them needs."""
+    from leadre.config import load_params, read_params_file
     from leadre.decode.recommender import LlmRecommender, top_k
     from leadre.evaluate.run import _baselines, load_eval_set
     from leadre.runtime import set_cpu_threads
 
     seed = int(seed_dir.name.split("-")[1])  # as bench.quality seeded it: SASRec's seed too
-    params = load_params(seed_dir / "params.yaml", {"evaluate.split": split, "evaluate.baselines.sasrec.seed": seed})
+    # the kept run's models and settings, with this checkout's fusion settings (the run may predate them)
+    fusion = read_params_file(REPO_PARAMS)["fusion"]
+    params = load_params(seed_dir / "params.yaml", {"evaluate.split": split, "evaluate.baselines.sasrec.seed": seed,
+                                                    "fusion": fusion})
     set_cpu_threads(params.model.cpu_threads)
     data = load_eval_set(params)
     gen, depth = params.decode, params.fusion.depth
     width = max(gen.beam_width, max(params.evaluate.ks))  # as `leadre evaluate` generates
     recommender = LlmRecommender(params.path(params.evaluate.candidate_dir), gen)
     generated = recommender.generate(data.prompts, beam_width=width, exclude=data.exclude)
-    llm, _ = top_k(generated, width, data.exclude, data.ads["ecpm"], data.ads["industry"], gen.value_weight,
-                   gen.diversity_penalty, recommender.popularity_shift(data.engagements))
-    channels = {}
+    llm, llm_scores = top_k(generated, width, data.exclude, data.ads["ecpm"], data.ads["industry"], gen.value_weight,
+                            gen.diversity_penalty, recommender.popularity_shift(data.engagements))
+    channels, shares = {}, {}
     for baseline in _baselines(params):
         baseline.fit(data.engagements)
-        channels[baseline.name] = baseline.recommend(data.user_ids, depth, data.candidates, data.exclude)
-    return {"params": params, "data": data, "llm": llm, "channels": channels}
+        channels[baseline.name], shares[baseline.name] = baseline.recommend(
+            data.user_ids, depth, data.candidates, data.exclude, return_shares=True)
+    return {"params": params, "data": data, "llm": llm, "llm_scores": llm_scores, "channels": channels,
+            "shares": shares}
 
 
-def fused(lists: dict, weights: dict[str, float], rank_constant: float, k: int = 50) -> np.ndarray:
-    """The LLM's and the channels' lists under weighted RRF (leadre.decode.fusion, any number of channels)."""
-    from leadre.decode.fusion import reciprocal_rank_fusion
+def fused(lists: dict, setting: dict, k: int = 50) -> np.ndarray:
+    """The lists merged under one grid setting (leadre.decode.fusion, any number of channels)."""
+    from leadre.decode.fusion import mixture_fusion, reciprocal_rank_fusion, softmax_shares
 
-    channels = [(lists["llm"] if name == "llm" else lists["channels"][name], weight)
-                for name, weight in weights.items() if weight]
-    return reciprocal_rank_fusion(channels, k, rank_constant, lists["params"].fusion.depth)[0]
+    depth = lists["params"].fusion.depth
+    if setting["method"] == "mixture":
+        llm = softmax_shares(lists["llm_scores"], setting["temperature"], depth)
+        return mixture_fusion([(lists["llm"], llm, setting["llm"]),
+                               (lists["channels"]["itemknn"], lists["shares"]["itemknn"], 1 - setting["llm"])],
+                              k, depth)[0]
+    channels = [(lists["llm"] if name == "llm" else lists["channels"][name], setting[name])
+                for name in ("llm", "itemknn", "sasrec") if setting[name]]
+    return reciprocal_rank_fusion(channels, k, setting["rank_constant"], depth)[0]
 
 
 def lists_names(by_seed: dict) -> list[str]:
@@ -79,13 +97,12 @@ def main() -> None:
                         ["ndcg@10"] for seed in by_seed.values()] for name in ("llm", *lists_names(by_seed))}
         print(f"{split}, NDCG@10 alone (median over seeds): "
               + ", ".join(f"{name} {np.median(v):.4f}" for name, v in alone.items()))
-    grid = [{"llm": w, "itemknn": 1.0, "sasrec": s, "rank_constant": c}
-            for w, s, c in itertools.product(LLM_WEIGHTS, SASREC_WEIGHTS, RANK_CONSTANTS)]
+    grid = ([{"method": "mixture", "llm": a, "temperature": t} for a, t in itertools.product(LLM_SHARES, TEMPERATURES)]
+            + [{"method": "rrf", "llm": w, "itemknn": 1.0, "sasrec": s, "rank_constant": c}
+               for w, s, c in itertools.product(LLM_WEIGHTS, SASREC_WEIGHTS, RANK_CONSTANTS)])
 
     def ndcg(setting: dict, split: str) -> list[float]:
-        weights = {k: v for k, v in setting.items() if k != "rank_constant"}
-        return [score(lists[split], fused(lists[split], weights, setting["rank_constant"]))["ndcg@10"]
-                for lists in by_seed.values()]
+        return [score(lists[split], fused(lists[split], setting))["ndcg@10"] for lists in by_seed.values()]
 
     valid = [(float(np.median(ndcg(setting, "valid"))), setting) for setting in grid]
     valid.sort(key=lambda pair: -pair[0])
@@ -93,17 +110,21 @@ def main() -> None:
     for value, setting in valid[:8]:
         print(f"  {value:.4f}  {setting}")
     fusion = by_seed[seeds[0].name]["test"]["params"].fusion
-    current = {"llm": fusion.llm_weight, fusion.channel: fusion.channel_weight, "rank_constant": fusion.rank_constant}
-    rank = next((i for i, (_, s) in enumerate(valid) if s == {"sasrec": 0.0, **current}), None)
+    total = fusion.llm_weight + fusion.channel_weight
+    current = ({"method": "mixture", "llm": fusion.llm_weight / total, "temperature": fusion.temperature}
+               if fusion.method == "mixture" else
+               {"method": "rrf", "llm": fusion.llm_weight / fusion.channel_weight, "itemknn": 1.0, "sasrec": 0.0,
+                "rank_constant": fusion.rank_constant})
+    rank = next((i for i, (_, s) in enumerate(valid) if s == current), None)
     if rank is not None:
         print(f"  params.yaml's setting: {valid[rank][0]:.4f}, {rank + 1} of {len(valid)}")
-    chosen = valid[0][1]
     table = {}
-    for label, setting in (("current", current), ("chosen on valid", chosen)):
-        weights = {k: v for k, v in setting.items() if k != "rank_constant"}
+    chosen = {f"chosen on valid, {method}": next(s for _, s in valid if s["method"] == method)
+              for method in ("mixture", "rrf")}
+    for label, setting in (("current", current), *chosen.items()):
         ratios = {metric: [] for metric in HEADLINE}
         for lists in (seed["test"] for seed in by_seed.values()):
-            mine = score(lists, fused(lists, weights, setting["rank_constant"]))
+            mine = score(lists, fused(lists, setting))
             base = {name: score(lists, ids) for name, ids in lists["channels"].items()}
             for metric in HEADLINE:
                 ratios[metric].append(mine[metric] / max(b[metric] for b in base.values()))

@@ -363,10 +363,12 @@ class RegistryParams(_Section):
 
 
 class FusionParams(_Section):
+    method: Literal["mixture", "rrf"]
     channel: str  # one of evaluate.baselines
     llm_weight: float = Field(ge=0)
     channel_weight: float = Field(ge=0)
-    rank_constant: float = Field(ge=0)
+    temperature: float = Field(gt=0)  # mixture: the LLM's softmax temperature
+    rank_constant: float = Field(ge=0)  # rrf
     depth: int = Field(ge=1)
 
 

@@ -141,8 +141,23 @@ class ScoringRecommender(ABC):
     def _score(self, user_ids: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         """(len(user_ids), len(candidates)) scores, higher is better; -inf where the model has no opinion."""
 
+    def _list_shares(self, scores: np.ndarray, fallback: np.ndarray, listed: np.ndarray) -> np.ndarray:
+        """Each row's listed ads as a distribution (`fusion.method: mixture`), from the scores and popularity
+        fallback of the ads a row lists (`listed`: False on padding). Scores here are evidence (higher = more, 0 =
+        none): their shares; a row without evidence is ranked by popularity, so shares of popularity; a row with
+        neither, uniform. A model whose scores are logits overrides this with a softmax."""
+        evidence = np.where(listed & np.isfinite(scores), np.maximum(scores, 0.0), 0.0)
+        popular = np.where(listed, np.maximum(fallback, 0.0), 0.0)
+        weights = listed.astype(np.float64)
+        for better in (popular, evidence):  # the last with any mass in a row wins
+            weights = np.where(better.sum(axis=1, keepdims=True) > 0, better, weights)
+        return weights / np.maximum(weights.sum(axis=1, keepdims=True), 1e-300)
+
     def recommend(self, user_ids: np.ndarray, k: int, candidates: np.ndarray,
-                  exclude: Sequence[np.ndarray] | None = None) -> np.ndarray:
+                  exclude: Sequence[np.ndarray] | None = None, return_shares: bool = False
+                  ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """As `Recommender.recommend`; with `return_shares`, also each listed ad's share of the row
+        (`_list_shares`, 0 on padding): the list as a distribution, what the mixture fusion reads."""
         if self.popularity is None:
             raise RuntimeError(f"{self.name}: call fit() before recommend()")
         if k < 1:
@@ -154,15 +169,21 @@ class ScoringRecommender(ABC):
         candidates = candidates[candidates != PAD]
         fallback = self.popularity.reindex(candidates, fill_value=0.0).to_numpy()
         out = np.full((len(user_ids), k), PAD, dtype=np.int64)
+        shares = np.zeros((len(user_ids), k))
         for start in range(0, len(user_ids), SCORE_BATCH_ROWS):
             rows = slice(start, start + SCORE_BATCH_ROWS)
             batch = user_ids[rows]
             eligible = np.ones((len(batch), len(candidates)), dtype=bool)
             if exclude is not None:
                 _mask_excluded(eligible, exclude[rows], candidates)
-            picked = _rank(self._score(batch, candidates), fallback, eligible, k)
-            out[rows, :picked.shape[1]] = np.where(picked >= 0, candidates[np.maximum(picked, 0)], PAD)
-        return out
+            scores = self._score(batch, candidates)
+            picked = _rank(scores, fallback, eligible, k)
+            column = np.maximum(picked, 0)
+            out[rows, :picked.shape[1]] = np.where(picked >= 0, candidates[column], PAD)
+            if return_shares:
+                shares[rows, :picked.shape[1]] = self._list_shares(
+                    np.take_along_axis(scores, column, axis=1), fallback[column], picked >= 0)
+        return (out, shares) if return_shares else out
 
 
 def _mask_excluded(eligible: np.ndarray, exclude: Sequence[np.ndarray], candidates: np.ndarray) -> None:
@@ -379,6 +400,15 @@ class SASRec(ScoringRecommender):
             self.network = _build_network(len(self.items), p).to(p.device)
             self.loss_history = _train(self.network, self.sequences, p)
         self.network.eval()
+
+    def _list_shares(self, scores: np.ndarray, fallback: np.ndarray, listed: np.ndarray) -> np.ndarray:
+        """Logits: a softmax over the listed ads; a row the model knows nothing of (all -inf) takes the base class's
+        popularity shares."""
+        known = listed & np.isfinite(scores)
+        top = np.where(known, scores, -np.inf).max(axis=1, initial=-np.inf, keepdims=True)
+        weights = np.where(known, np.exp(scores - np.where(np.isfinite(top), top, 0.0)), 0.0)
+        softmax = weights / np.maximum(weights.sum(axis=1, keepdims=True), 1e-300)
+        return np.where(known.any(axis=1, keepdims=True), softmax, super()._list_shares(scores, fallback, listed))
 
     def _score(self, user_ids: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         import torch

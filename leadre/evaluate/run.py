@@ -183,7 +183,7 @@ def run_evaluate(params: Params) -> dict[str, Any]:
         if champion is not None:
             bundles["champion"] = champion.folder
             mlflow.set_tag("leadre.champion_version", champion.version)
-        llm_lists: dict[str, np.ndarray] = {}
+        llm_lists: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # ids and final scores, for the fusion
         for name, folder in bundles.items():
             started = time.perf_counter()
             recommender = LlmRecommender(folder, gen)
@@ -193,9 +193,9 @@ def run_evaluate(params: Params) -> dict[str, Any]:
             log.info("evaluate: %s generated %d users' lists in %.1f s (%.1f users/s)", name, len(data.user_ids),
                      timings[name], len(data.user_ids) / max(timings[name], 1e-9))
             prior = recommender.popularity_shift(data.engagements)  # each model its own: p_train is its training's
-            ids, _ = top_k(generated, max(gen.beam_width, k_max), data.exclude, data.ads["ecpm"],
-                           data.ads["industry"], gen.value_weight, gen.diversity_penalty, prior)
-            llm_lists[name] = ids
+            ids, scores = top_k(generated, max(gen.beam_width, k_max), data.exclude, data.ads["ecpm"],
+                                data.ads["industry"], gen.value_weight, gen.diversity_penalty, prior)
+            llm_lists[name] = ids, scores
             methods[name] = score_lists(params, data, ids[:, :k_max], per_user, name)
             if name == CANDIDATE:  # the value/diversity trade-off reuses the same beams: no extra generation
                 for weight in ev.value_weights:
@@ -208,17 +208,18 @@ def run_evaluate(params: Params) -> dict[str, Any]:
                         tradeoff.append({"value_weight": weight, "diversity_penalty": penalty,
                                          "ndcg@10": point["ndcg@10"], "mean_ecpm": point["mean_ecpm"],
                                          "industry_diversity": point["industry_diversity"]})
-        channel_lists: dict[str, np.ndarray] = {}
+        channel_lists: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # ids and shares, for the fusion
         for baseline in _baselines(params):
             started = time.perf_counter()
             baseline.fit(data.engagements)
-            ids = baseline.recommend(data.user_ids, max(k_max, params.fusion.depth), data.candidates, data.exclude)
+            ids, shares = baseline.recommend(data.user_ids, max(k_max, params.fusion.depth), data.candidates,
+                                             data.exclude, return_shares=True)
             timings[baseline.name] = time.perf_counter() - started
             log.info("evaluate: baseline %s fitted and ranked in %.1f s", baseline.name, timings[baseline.name])
-            channel_lists[baseline.name] = ids
+            channel_lists[baseline.name] = ids, shares
             methods[baseline.name] = score_lists(params, data, ids[:, :k_max], per_user, baseline.name)
             baseline_names.append(baseline.name)
-        fused, _ = fuse(llm_lists[CANDIDATE], channel_lists[params.fusion.channel], k_max, params.fusion)
+        fused, _ = fuse(*llm_lists[CANDIDATE], *channel_lists[params.fusion.channel], k_max, params.fusion)
         methods[FUSION] = score_lists(params, data, fused, per_user, FUSION)
         started = time.perf_counter()
         lifts = lift_intervals(params, per_user, [*bundles, FUSION],

@@ -176,8 +176,9 @@ def _champion_rows(params: Params, champion, tables: dict[str, pd.DataFrame], no
         if channel is not None:  # merged retrieval: the LLM's lists fused with the ID channel's
             from leadre.decode.fusion import fuse
 
-            other = channel.recommend(batch, params.fusion.depth, live["ad_id"].to_numpy(np.int64), batch_exclude)
-            ids, scores = fuse(ids, other, cfg.top_n, params.fusion)
+            other, shares = channel.recommend(batch, params.fusion.depth, live["ad_id"].to_numpy(np.int64),
+                                              batch_exclude, return_shares=True)
+            ids, scores = fuse(ids, scores, other, shares, cfg.top_n, params.fusion)
         for user, row_ids, row_scores in zip(batch, ids, scores):
             keep = row_ids >= 0
             rows.append((int(user), row_ids[keep], row_scores[keep]))

@@ -117,6 +117,23 @@ def test_itemknn_recommends_the_co_engaged_ad():
     assert (model.recommend(np.array([42]), 5, candidates) == popular).all()
 
 
+def test_itemknn_shares_read_its_list_as_a_distribution():
+    """What the mixture fusion reads: evidence shares for a user with history, popularity shares without."""
+    data = engagements([(1, A, 0), (1, B, 1), (2, A, 0), (2, B, 1), (2, C, 1), (3, C, 0), (3, D, 1),
+                        (5, E, 0), (6, E, 0), (7, E, 0), (8, A, 0)])
+    model = ItemKNN(ItemKNNParams(neighbours=3)).fit(data)
+    candidates = np.array([A, B, C, D, E])
+    ids, shares = model.recommend(np.array([8, 42]), 5, candidates, [np.array([A]), np.array([], np.int64)],
+                                  return_shares=True)
+    assert (ids == model.recommend(np.array([8, 42]), 5, candidates, [np.array([A]), np.array([], np.int64)])).all()
+    assert ids[0, -1] == PAD and shares[0, -1] == 0  # A is excluded: four ads, padding holds no mass
+    np.testing.assert_allclose(shares.sum(axis=1), 1.0)
+    assert ids[0, 0] == B and shares[0, 0] > shares[0, 1] > 0  # B co-engaged with A by two users, C by one
+    assert (shares[0, 2:] == 0).all()  # popularity fills the list but carries no evidence
+    popularity = model.popularity.reindex(ids[1]).to_numpy()
+    np.testing.assert_allclose(shares[1], popularity / popularity.sum())  # an unseen user: popularity's shares
+
+
 def cyclic_sequences(n_items: int, n_users: int, seed: int) -> pd.DataFrame:
     """Each user walks ad i, i+1, i+2, ... (mod n_items) from a random start: the next ad is fully determined."""
     rng = np.random.default_rng(seed)
@@ -170,6 +187,21 @@ def test_sasrec_falls_back_to_popularity_for_unseen_users_and_unknown_ads():
     assert (model.recommend(np.array([777]), 11, candidates) == popular).all()
     # a known user gets every known ad first and the never-seen one last
     assert model.recommend(np.array([0]), 11, candidates)[0, -1] == AD + 99
+
+
+def test_sasrec_shares_are_a_softmax_of_its_logits():
+    data = cyclic_sequences(10, n_users=40, seed=2)
+    model = SASRec(SASRecParams(hidden=16, layers=1, heads=1, max_len=8, epochs=1)).fit(data)
+    candidates = np.r_[np.arange(AD, AD + 10), AD + 99]
+    ids, shares = model.recommend(np.array([0, 777]), 11, candidates, return_shares=True)
+    np.testing.assert_allclose(shares.sum(axis=1), 1.0)
+    logits = model._score(np.array([0]), ids[0])[0]
+    known = np.isfinite(logits)
+    assert shares[0, ~known].tolist() == [0.0]  # the ad nobody engaged with: no logit, no mass
+    np.testing.assert_allclose(shares[0, known], np.exp(logits[known]) / np.exp(logits[known]).sum())
+    assert np.all(np.diff(shares[0]) <= 1e-12)
+    popularity = model.popularity.reindex(ids[1], fill_value=0.0).to_numpy()
+    np.testing.assert_allclose(shares[1], popularity / popularity.sum())  # an unseen user: popularity's shares
 
 
 def test_misuse_is_reported():

@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 
 from leadre.config import Params, load_params
+from leadre.evaluate.baselines import ad_engagements
 from leadre.evaluate.gate import run_gate
 from leadre.evaluate.run import run_evaluate
 from leadre.registry import models
@@ -145,6 +146,36 @@ def test_nearline_publishes_the_champions_candidates_and_serving_follows_the_cha
         assert promoted in str(status), "the service did not pick the new champion up"
         unknown = httpx.get(f"{server.url}/v1/recommendations/999999999").json()
         assert unknown["items"] and {i["source"] for i in unknown["items"]} == {"fallback"}
+
+
+def test_nearline_fusion_serves_the_llm_lists_mixed_with_the_id_channel(platform):
+    """`nearline.fusion: true` stores, per user, the champion's list merged with item-KNN's: live, unseen ads whose
+    scores are the mixture's probabilities, and ads the LLM alone did not list."""
+    if champion(platform) is None:
+        run_gate(with_overrides(platform, PASS))
+        run_promote(platform)
+    events = pd.read_parquet(platform.path(platform.data.validated_dir) / "events.parquet")
+    users = pd.unique(events["user_id"].iloc[::-1])[:30]
+
+    def stored_lists(params: Params) -> dict[int, tuple[list[int], np.ndarray]]:
+        run_nearline(params)
+        store = open_store(store_url(params))
+        try:
+            return {int(u): (found.ad_ids.tolist(), found.scores) for u in users if (found := store.get(int(u)))}
+        finally:
+            store.close()
+
+    alone = stored_lists(platform)
+    fused = stored_lists(with_overrides(platform, {"nearline.fusion": True, "fusion.method": "mixture"}))
+    assert fused.keys() == alone.keys() and fused
+    ads = pd.read_parquet(platform.path(platform.data.validated_dir) / "ads.parquet")
+    live = set(ads.loc[ads["status"] == "active", "ad_id"])
+    engaged = ad_engagements(events).groupby("user_id")["ad_id"].agg(set)
+    for user, (ids, scores) in fused.items():
+        assert set(ids) <= live and len(set(ids)) == len(ids) and not set(ids) & engaged.get(user, set())
+        assert np.all(scores > 0) and scores.sum() <= 1 + 1e-9 and np.all(np.diff(scores) <= 1e-12)
+    assert any(set(fused[u][0]) - set(alone[u][0]) for u in fused), "the channel added nothing to any list"
+    run_nearline(platform)  # the snapshot the other tests expect: the LLM's lists
 
 
 # -- a broken or booby-trapped champion (each test registers and promotes its own version, then rolls it back) -----
