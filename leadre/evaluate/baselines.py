@@ -404,11 +404,11 @@ class SASRec(ScoringRecommender):
     def _list_shares(self, scores: np.ndarray, fallback: np.ndarray, listed: np.ndarray) -> np.ndarray:
         """Logits: a softmax over the listed ads; a row the model knows nothing of (all -inf) takes the base class's
         popularity shares."""
-        known = listed & np.isfinite(scores)
-        top = np.where(known, scores, -np.inf).max(axis=1, initial=-np.inf, keepdims=True)
-        weights = np.where(known, np.exp(scores - np.where(np.isfinite(top), top, 0.0)), 0.0)
-        softmax = weights / np.maximum(weights.sum(axis=1, keepdims=True), 1e-300)
-        return np.where(known.any(axis=1, keepdims=True), softmax, super()._list_shares(scores, fallback, listed))
+        from leadre.decode.fusion import softmax_shares
+
+        softmax = softmax_shares(np.where(listed, scores, -np.inf), 1.0, scores.shape[1])
+        return np.where(softmax.sum(axis=1, keepdims=True) > 0, softmax,
+                        super()._list_shares(scores, fallback, listed))
 
     def _score(self, user_ids: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         import torch
