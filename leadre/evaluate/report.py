@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from leadre.config import Params
+from leadre.config import FusionParams, Params
 from leadre.evaluate import CANDIDATE
 
 HR_CURVE = "hr_at_k.csv"
@@ -227,6 +227,13 @@ def _champion_line(summary: dict[str, Any]) -> str:
     return f"champion version {html.escape(str(version))}, scored here as the <i>champion</i> row"
 
 
+def _fusion_line(fusion: FusionParams) -> str:
+    how = (f"LLM temperature {fusion.temperature:g}" if fusion.method == "mixture"
+           else f"rank constant {fusion.rank_constant:g}")
+    return (f"{fusion.method} of the candidate ({fusion.llm_weight:g}) and {html.escape(fusion.channel)} "
+            f"({fusion.channel_weight:g}), {how}, each list read to {fusion.depth}")
+
+
 def _what_was_run(params: Params, summary: dict[str, Any]) -> str:
     run = summary.get("provenance") or {}
     ev, dec, sft, dpo = params.evaluate, params.decode, params.sft, params.dpo
@@ -236,6 +243,7 @@ def _what_was_run(params: Params, summary: dict[str, Any]) -> str:
         ("decoding", f"beam width {dec.beam_width}; popularity-shift prior: + {dec.prior.now_weight:g}·log p_now "
                      f"(half-life {dec.prior.half_life_days:g} d) − {dec.prior.train_weight:g}·log p_train; "
                      f"value weight λ {dec.value_weight:g}, diversity penalty {dec.diversity_penalty:g}"),
+        ("fusion", _fusion_line(params.fusion)),
         ("evaluation", f"{html.escape(ev.protocol)} protocol, {html.escape(summary['split'])} split, cut-off "
                        f"{html.escape(summary['cutoff'])}, {fmt('users', summary['users'])} users"
                        + (f" (a sample of at most {ev.max_users})" if ev.max_users else "")

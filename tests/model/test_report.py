@@ -172,6 +172,9 @@ def test_what_was_run_names_the_params_data_commit_and_mlflow_run(reported):
     assert f"resamples: {params.evaluate.bootstrap.resamples}" in page  # the full params, folded
     prior = params.decode.prior  # how the lists were ranked, not only what trained them
     assert f"+ {prior.now_weight:g}·log p_now (half-life {prior.half_life_days:g} d) − {prior.train_weight:g}·log p_train" in page
+    fusion = params.fusion  # and how the fusion row merged its channels
+    assert (f"{fusion.method} of the candidate ({fusion.llm_weight:g}) and {fusion.channel} "
+            f"({fusion.channel_weight:g})") in page
 
 
 def test_hr_at_k_plot_has_one_line_per_method_on_the_ks_scored(reported):
