@@ -28,8 +28,8 @@ log = logging.getLogger(__name__)
 
 
 def log_shares(counts: pd.Series, ad_ids: np.ndarray) -> np.ndarray:
-    """Each ad's add-one smoothed log share of `counts` (ad id → count) among `ad_ids` (distinct)."""
-    counts = counts.groupby(level=0).sum().reindex(ad_ids, fill_value=0.0).to_numpy(np.float64)
+    """Each ad's add-one smoothed log share of `counts` (distinct ad id → count) among `ad_ids` (distinct)."""
+    counts = counts.reindex(ad_ids, fill_value=0.0).to_numpy(np.float64)
     return np.log((counts + 1.0) / (counts.sum() + len(counts)))
 
 
@@ -44,9 +44,9 @@ def popularity_shift(ad_ids: np.ndarray, response_counts: pd.Series | None, enga
 
     if settings.now_weight == 0 and settings.train_weight == 0:
         return None
-    missing = "response counts (a model trained before they were written, or not by `leadre sft`)" \
-        if response_counts is None else "an engagement log" if engagements is None else None
-    if missing:
+    if response_counts is None or engagements is None:
+        missing = ("an engagement log" if response_counts is not None else
+                   "response counts (a model trained before they were written, or not by `leadre sft`)")
         log.warning("decode.prior: no %s, so the popularity-shift correction is off for this model", missing)
         return None
     ad_ids = np.unique(np.asarray(ad_ids, dtype=np.int64))
