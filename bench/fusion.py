@@ -23,7 +23,7 @@ from bench.quality import HEADLINE
 LLM_WEIGHTS = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 SASREC_WEIGHTS = (0.0, 0.25, 0.5, 1.0)  # relative to item-KNN's 1.0
 RANK_CONSTANTS = (2, 5, 10, 20, 60)
-LLM_SHARES = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # the mixture: the LLM's weight, item-KNN's the rest of 1
+LLM_SHARES = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # the mixture: the LLM's weight, the fusion channel's the rest of 1
 TEMPERATURES = (1.0, 1.5, 2.0, 3.0)
 REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
@@ -62,14 +62,14 @@ def fused(lists: dict, setting: dict, k: int = 50) -> np.ndarray:
     """The lists merged under one grid setting (leadre.decode.fusion, any number of channels)."""
     from leadre.decode.fusion import mixture_fusion, reciprocal_rank_fusion, softmax_shares
 
-    depth = lists["params"].fusion.depth
+    depth, channel = lists["params"].fusion.depth, lists["params"].fusion.channel
     if setting["method"] == "mixture":
         llm = softmax_shares(lists["llm_scores"], setting["temperature"], depth)
         return mixture_fusion([(lists["llm"], llm, setting["llm"]),
-                               (lists["channels"]["itemknn"], lists["shares"]["itemknn"], 1 - setting["llm"])],
+                               (lists["channels"][channel], lists["shares"][channel], 1 - setting["llm"])],
                               k, depth)[0]
-    channels = [(lists["llm"] if name == "llm" else lists["channels"][name], setting[name])
-                for name in ("llm", "itemknn", "sasrec") if setting[name]]
+    weights = {name: w for name, w in setting.items() if name not in ("method", "rank_constant") and w}
+    channels = [(lists["llm"] if name == "llm" else lists["channels"][name], w) for name, w in weights.items()]
     return reciprocal_rank_fusion(channels, k, setting["rank_constant"], depth)[0]
 
 
@@ -113,8 +113,8 @@ def main() -> None:
     total = fusion.llm_weight + fusion.channel_weight
     current = ({"method": "mixture", "llm": fusion.llm_weight / total, "temperature": fusion.temperature}
                if fusion.method == "mixture" else
-               {"method": "rrf", "llm": fusion.llm_weight / fusion.channel_weight, "itemknn": 1.0, "sasrec": 0.0,
-                "rank_constant": fusion.rank_constant})
+               {"method": "rrf", "llm": fusion.llm_weight, "itemknn": 0.0, "sasrec": 0.0,
+                fusion.channel: fusion.channel_weight, "rank_constant": fusion.rank_constant})
     rank = next((i for i, (_, s) in enumerate(valid) if s == current), None)
     if rank is not None:
         print(f"  params.yaml's setting: {valid[rank][0]:.4f}, {rank + 1} of {len(valid)}")
