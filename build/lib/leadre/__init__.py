@@ -1,0 +1,1 @@
+"""LEADRE Platform."""

@@ -1,0 +1,495 @@
+"""`leadre prompts build`: the datasets SFT, DPO and evaluation read, written to `prompts.out_dir`.
+
+    sft/train/           main task + auxiliary tasks (column `task`), chat format: prompt / completion messages
+    sft/valid/           main task, valid split (early stopping)
+    sft/test/            main task, test split; `all_target_ad_ids` lists every ad of the intent in the window
+    dpo/train/           prompt / chosen / rejected, from train prompts
+    dpo/valid/           the same from valid prompts (held-out preference accuracy)
+    README.md            dataset card: counts, token-length percentiles, intent distribution; its YAML header
+                         makes `datasets.load_dataset(out_dir, "sft")` (or "dpo") work offline
+    card.json            the card's numbers, for DVC and MLflow
+
+Each folder holds Parquet parts, one per chunk of about `users_per_chunk` users (plus `part-aux` for the auxiliary
+tasks): chunks are built concurrently by `workers` threads and memory stays bounded at any number of users. A user's
+chunk is a stable hash of the user id (leadre/sharding.py), so `--shard i/n` builds the chunks i, i + n, … into
+`<out_dir>.shards/` and `merge_prompts` links them into out_dir: the same bytes as one unsharded run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+from leadre.config import Params, PromptParams
+from leadre.data.tables import DataError, Finding, read_tables
+from leadre.io import atomic_dir, read_json, write_json
+from leadre.prompts import MAIN_TASK, alignment
+from leadre.prompts.pairs import SPLITS, EventLog, Pairs, select_pairs
+from leadre.prompts.render import Catalogue, Rendered, render
+from leadre.prompts.tokens import TokenCounter
+from leadre.sharding import ALL, Shard, bucket_of, parts_dir, shard_dirs
+from leadre.sids.build import load_sid_table
+
+log = logging.getLogger(__name__)
+MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
+FILES = {"sft": ("train", "valid", "test"), "dpo": ("train", "valid")}
+AUX_STREAM = 1 << 30  # RNG stream of the auxiliary tasks, apart from every chunk's
+
+
+def _ms(series: pd.Series) -> np.ndarray:
+    return series.dt.tz_convert(None).to_numpy().astype("datetime64[ms]").astype(np.int64)
+
+
+def event_log(tables: dict[str, pd.DataFrame]) -> tuple[EventLog, pd.Series]:
+    """Events resolved to integer codes; also the object titles (ads first, then contents, then queries)."""
+    users, ads, contents, queries, events = (tables[n] for n in ("users", "ads", "contents", "queries", "events"))
+    user = pd.Index(users["user_id"]).get_indexer(events["user_id"])
+    obj = np.full(len(events), -1, dtype=np.int64)
+    offset, labels = 0, []
+    for name, key, dom, label_column in (("ads", "ad_id", "ad", "industry"), ("contents", "content_id", "content", "category"),
+                                         ("queries", "query_id", "search", "topic")):
+        mask = (events["domain"] == dom).to_numpy()  # compares categorical codes, no per-row strings
+        obj[mask] = offset + pd.Index(tables[name][key]).get_indexer(events["object_id"].to_numpy()[mask])
+        labels.append(tables[name][label_column].astype(str).to_numpy())
+        offset += len(tables[name])
+    object_category = np.concatenate(labels)
+    category_codes, categories = pd.factorize(object_category, sort=True)
+    actions = events["action"].cat.categories.astype(str).to_numpy()
+    starts = np.searchsorted(user, np.arange(len(users) + 1))  # events are sorted by user (validated)
+    log_ = EventLog(user=user.astype(np.int64), ts=_ms(events["ts"]), action=events["action"].cat.codes.to_numpy(),
+                    obj=obj, category=category_codes[obj], actions=actions,
+                    categories=np.asarray(categories), user_start=starts)
+    texts_title = pd.concat([ads["title"], contents["title"], queries["text"]], ignore_index=True).astype(str)
+    return log_, texts_title
+
+
+def _one_message(role: str, texts) -> pa.Array:
+    """A chat-format column: one message of `role` per row (TRL's conversational prompt/completion format)."""
+    texts = texts.cast(pa.string()) if isinstance(texts, pa.Array) else pa.array(list(texts), pa.string())
+    n = len(texts)
+    roles = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int8)), pa.array([role])).cast(pa.string())
+    values = pa.StructArray.from_arrays([roles, texts], fields=list(MESSAGE))
+    return pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32)), values)
+
+
+def _messages(user_messages) -> pa.Array:
+    return _one_message("user", user_messages)
+
+
+def _answers(texts) -> pa.Array:
+    return _one_message("assistant", texts)
+
+
+def _id_lists(offsets: np.ndarray, ids: np.ndarray) -> pa.Array:
+    return pa.ListArray.from_arrays(pa.array(np.asarray(offsets, dtype=np.int32)), pa.array(ids, pa.int64()))
+
+
+class _Writers:
+    """One Parquet part file per output folder (e.g. sft/train/part-00003.parquet), opened on first write.
+
+    Each chunk of users writes its own parts, so chunks can run concurrently and the output does not depend on
+    how many ran at once.
+    """
+
+    def __init__(self, root: Path, part: str):
+        self.root, self.part, self.open, self.rows = root, part, {}, {}
+
+    def write(self, name: str, table: pa.Table) -> None:
+        if len(table) == 0:
+            return
+        if name not in self.open:
+            (self.root / name).mkdir(parents=True, exist_ok=True)
+            self.open[name] = pq.ParquetWriter(self.root / name / f"part-{self.part}.parquet", table.schema,
+                                               compression="zstd")
+        self.open[name].write_table(table)
+        self.rows[name] = self.rows.get(name, 0) + len(table)
+
+    def close(self) -> None:
+        for writer in self.open.values():
+            writer.close()
+
+
+def _sft_table(task: str, prompts: pa.Array, answers: pa.Array, **columns) -> pa.Table:
+    n = len(prompts)
+    return pa.table({"prompt": prompts, "completion": answers, "task": pa.array([task] * n).dictionary_encode(),
+                     **{k: v for k, v in columns.items()}})
+
+
+@dataclass
+class PromptSources:
+    """Everything rendering reads: the validated tables, ads' S-IDs, the event log and the text catalogue."""
+
+    tables: dict[str, pd.DataFrame]
+    ad_sid: np.ndarray  # per ads row
+    event_log: EventLog
+    catalogue: Catalogue
+
+
+def _ad_sids(params: Params, ads: pd.DataFrame) -> np.ndarray:
+    """Each ads row's S-ID string; an ad without one is a DataError naming it."""
+    sid_table = load_sid_table(params.path(params.sids.out_dir))
+    ad_sid = pd.Series(sid_table["sid"].to_numpy(), index=sid_table["ad_id"]).reindex(ads["ad_id"])
+    if ad_sid.isna().any():
+        missing = np.flatnonzero(ad_sid.isna().to_numpy())
+        raise DataError([Finding(str(params.path(params.sids.out_dir) / "ad_sids.parquet"),
+                                 "every validated ad has a semantic ID", "ads", "ad_id", len(missing),
+                                 rows=[int(r) + 1 for r in missing[:5]],
+                                 examples=[f"ad_id={ads['ad_id'].iloc[r]}" for r in missing[:5]],
+                                 detail="run `leadre sids assign` for new ads")])
+    return ad_sid.astype(str).to_numpy()
+
+
+def load_sources(params: Params, tables: dict[str, pd.DataFrame] | None = None) -> PromptSources:
+    """From the validated tables (read here unless the caller already has them; their events frame is consumed)."""
+    settings = params.prompts
+    tables = read_tables(params.path(params.data.validated_dir)) if tables is None else tables
+    ads = tables["ads"]
+    ad_sid = _ad_sids(params, ads)
+
+    event_log_, texts_title = event_log(tables)
+    del tables["events"]  # now arrays in the event log; the frame would double the largest table in memory
+    counter = TokenCounter(settings.token_counter)
+    texts_sid = np.concatenate([ad_sid, texts_title.to_numpy()[len(ads):]])
+    catalogue = Catalogue.build(tables["users"], texts_sid.tolist(), texts_title.tolist(), event_log_.actions,
+                                event_log_.categories, counter, settings.long_term_days)
+    return PromptSources(tables, ad_sid, event_log_, catalogue)
+
+
+def serving_prompts(params: Params, sources: PromptSources, user_ids: np.ndarray,
+                    cutoff: pd.Timestamp) -> list[list[dict[str, str]]]:
+    """Fresh main-task prompts for `user_ids` at `cutoff` (the near-line service's "now"), as chat messages."""
+    rows = pd.Index(sources.tables["users"]["user_id"]).get_indexer(user_ids)
+    if (rows < 0).any():
+        raise ValueError(f"unknown user ids, e.g. {user_ids[rows < 0][:5].tolist()}")
+    cutoff_ms = int(pd.Timestamp(cutoff).value // 1_000_000)
+    shown = render(sources.event_log, sources.catalogue, rows.astype(np.int64), np.full(len(rows), cutoff_ms),
+                   params.prompts)
+    return [[{"role": "user", "content": text}] for text in shown.user_message.to_pylist()]
+
+
+def run_build_prompts(params: Params, shard: Shard | None = None) -> dict:
+    """Build the datasets into prompts.out_dir; with `shard` (i/n), only that shard's chunks of users, into a parts
+    folder beside it that `merge_prompts` turns into prompts.out_dir (the same bytes as one unsharded run)."""
+    started = time.perf_counter()
+    out_dir = params.path(params.prompts.out_dir)
+    if shard is not None:
+        with atomic_dir(parts_dir(out_dir) / shard.name) as tmp:
+            chunks, _, _ = _build_chunks(params, shard, tmp)
+            _write_chunk_stats(tmp, chunks)
+        summary = {"shard": str(shard), "chunks": len(chunks), "counts": _sum_rows(chunks),
+                   "seconds": round(time.perf_counter() - started, 2)}
+        log.info("prompts shard %s: %s", shard, summary)
+        return summary
+    with atomic_dir(out_dir) as tmp:
+        chunks, ads, ad_sid = _build_chunks(params, ALL, tmp)
+        card = _finish(tmp, chunks, ads, ad_sid, params.prompts)
+    return _done(card, started)
+
+
+def merge_prompts(params: Params, shards: int) -> dict:
+    """prompts.out_dir from the parts of `shards` shards (`leadre prompts build --shard i/n`): their chunk files are
+    hard-linked in, the auxiliary tasks and the dataset card written over all of them; then the parts go."""
+    started = time.perf_counter()
+    out_dir = params.path(params.prompts.out_dir)
+    folders = shard_dirs(out_dir, shards)
+    ads = read_tables(params.path(params.data.validated_dir), names=("ads",))["ads"]
+    ad_sid = _ad_sids(params, ads)
+    with atomic_dir(out_dir) as tmp:
+        chunks = []
+        for folder in folders:
+            chunks += _read_chunk_stats(folder)
+            for part in sorted(folder.rglob("*.parquet")):
+                target = tmp / part.relative_to(folder)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.link(part, target)  # a link, not a move: a failed merge leaves the shards' parts as they were
+        chunks.sort(key=lambda chunk: chunk["chunk"])  # the unsharded run's order, so the card is the same bytes
+        card = _finish(tmp, chunks, ads, ad_sid, params.prompts)
+    shutil.rmtree(parts_dir(out_dir), ignore_errors=True)
+    card = _done(card, started)
+    card["shards"] = shards
+    return card
+
+
+def _build_chunks(params: Params, shard: Shard, out: Path) -> tuple[list[dict], pd.DataFrame, np.ndarray]:
+    """Render and write the chunks of users `shard` owns; returns each chunk's numbers for the card.
+
+    A shard selects only its users' pairs, with the draws one run makes over all users (select_pairs' `keep`); a
+    user's chunk is a hash of the user id into a number of chunks fixed by the users table alone, and a chunk's
+    draws are seeded by its number: no output depends on the shard count.
+    """
+    settings = params.prompts
+    rng = np.random.default_rng(settings.seed)  # pair selection; each chunk has its own stream
+    sources = load_sources(params)
+    tables, ad_sid, event_log_, catalogue = sources.tables, sources.ad_sid, sources.event_log, sources.catalogue
+    ads = tables["ads"]
+    protocol = params.evaluate.protocol
+    # leave-last-out cuts each user at their own engagements: it needs no snapshot
+    snapshot_ms = int(pd.Timestamp(params.data.snapshot_time).value // 1_000_000) if protocol == "temporal" else 0
+    ad_intent = ads["industry"].cat.codes.to_numpy()
+    intents = ads["industry"].cat.categories.astype(str).to_numpy()
+    user_ids = tables["users"]["user_id"].to_numpy()
+    n_chunks = -(-len(user_ids) // settings.users_per_chunk)
+    chunk_of_user = bucket_of(user_ids, n_chunks)
+    keep = None if shard.count == 1 else shard.owns_bucket(chunk_of_user)
+    pairs = select_pairs(event_log_, ad_intent, snapshot_ms, settings, rng, protocol, keep)
+    ad_ids = ads["ad_id"].to_numpy()
+
+    context = _Context(event_log_, catalogue, settings, ads, ad_sid, ad_ids, user_ids, intents, out)
+    chunk_of_pair = chunk_of_user[pairs.user]
+    owned = np.unique(chunk_of_pair)
+    owned = owned[shard.owns_bucket(owned)]
+    chunks = [(int(c), pairs.take(np.flatnonzero(chunk_of_pair == c))) for c in owned]
+    # numpy, pyarrow kernels and Parquet writes release the GIL: threads share the event log without copies.
+    with ThreadPoolExecutor(max_workers=settings.workers) as pool:
+        results = list(pool.map(lambda chunk: _build_chunk(context, *chunk), chunks))
+    for (chunk, _), result in zip(chunks, results):
+        result["chunk"] = chunk
+    return results, ads, ad_sid
+
+
+def _finish(out: Path, chunks: list[dict], ads: pd.DataFrame, ad_sid: np.ndarray, settings: PromptParams) -> dict:
+    """What spans every chunk: the auxiliary tasks (sized by all train pairs) and the dataset card."""
+    intents = ads["industry"].cat.categories.astype(str).to_numpy()
+    rows = _sum_rows(chunks)
+    tokens = {split: [t for r in chunks for t in r["tokens"][split]] for split in SPLITS}
+    events = {split: [e for r in chunks for e in r["events"][split]] for split in SPLITS}
+    intent_counts = np.sum([r["intents"] for r in chunks], axis=0) if chunks else np.zeros(len(intents))
+    aux = _Writers(out, "aux")
+    try:
+        _write_aux(aux, ads, ad_sid, sum(len(t) for t in tokens["train"]), settings,
+                   np.random.default_rng([settings.seed, AUX_STREAM]))
+    finally:
+        aux.close()
+    for name, n in aux.rows.items():
+        rows[name] = rows.get(name, 0) + n
+    card = _card(rows, tokens, events, intent_counts, intents, settings)
+    write_json(out / "card.json", card)
+    (out / "README.md").write_text(_card_markdown(card), encoding="utf-8")
+    return card
+
+
+def _done(card: dict, started: float) -> dict:
+    _log_to_mlflow(card)
+    # the wall time is returned and logged, never written into the output: same inputs, same bytes (DVC hashes it)
+    card["seconds"] = round(time.perf_counter() - started, 2)
+    log.info("prompts: %s in %.1fs", card["counts"], card["seconds"])
+    return card
+
+
+def _sum_rows(chunks: list[dict]) -> dict[str, int]:
+    rows: dict[str, int] = {}
+    for chunk in chunks:
+        for name, n in chunk["rows"].items():
+            rows[name] = rows.get(name, 0) + n
+    return rows
+
+
+CHUNK_STATS = "chunks.json"  # a shard's per-chunk numbers for the merged card (token and event counts: .npz)
+
+
+def _write_chunk_stats(folder: Path, chunks: list[dict]) -> None:
+    arrays = {}
+    for r in chunks:
+        for kind in ("tokens", "events"):
+            for split in SPLITS:
+                parts = r[kind][split]
+                arrays[f"{kind}.{r['chunk']}.{split}"] = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    np.savez(folder / "chunks.npz", **arrays)
+    write_json(folder / CHUNK_STATS, [{"chunk": r["chunk"], "rows": r["rows"], "intents": r["intents"].tolist()}
+                                      for r in chunks])
+
+
+def _read_chunk_stats(folder: Path) -> list[dict]:
+    chunks = read_json(folder / CHUNK_STATS)
+    with np.load(folder / "chunks.npz") as arrays:
+        for r in chunks:
+            for kind in ("tokens", "events"):
+                r[kind] = {split: [a] if len(a := arrays[f"{kind}.{r['chunk']}.{split}"]) else []
+                           for split in SPLITS}
+            r["intents"] = np.asarray(r["intents"], dtype=np.int64)
+    return chunks
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What every chunk reads (never writes)."""
+
+    log: EventLog
+    catalogue: Catalogue
+    settings: PromptParams
+    ads: pd.DataFrame
+    ad_sid: np.ndarray
+    ad_ids: np.ndarray
+    user_ids: np.ndarray
+    intents: np.ndarray
+    out: Path
+
+
+def _build_chunk(ctx: _Context, chunk: int, pairs: Pairs) -> dict:
+    """Render and write one chunk of users' pairs; seeded by the chunk number, so threads do not change the output."""
+    rng = np.random.default_rng([ctx.settings.seed, chunk])
+    writers = _Writers(ctx.out, f"{chunk:05d}")
+    tokens = {split: [] for split in SPLITS}
+    events = {split: [] for split in SPLITS}
+    intent_counts = np.zeros(len(ctx.intents), dtype=np.int64)
+    try:
+        shown = render(ctx.log, ctx.catalogue, pairs.user, pairs.cutoff, ctx.settings)
+        _write_main(writers, pairs, shown, ctx.ad_sid, ctx.ad_ids, ctx.user_ids, ctx.intents, tokens, events,
+                    intent_counts)
+        _write_titles_prompt(writers, pairs, ctx.log, ctx.catalogue, ctx.settings, ctx.ad_sid, ctx.ad_ids,
+                             ctx.user_ids, ctx.intents, rng)
+        _write_dpo(writers, pairs, shown, ctx.ads, ctx.ad_sid, ctx.ad_ids, ctx.user_ids, ctx.intents, ctx.settings,
+                   rng)
+    finally:
+        writers.close()
+    return {"rows": writers.rows, "tokens": tokens, "events": events, "intents": intent_counts}
+
+
+def _write_main(writers, pairs: Pairs, shown: Rendered, ad_sid, ad_ids, user_ids, intents, tokens, events,
+                intent_counts):
+    for code, split in enumerate(SPLITS):
+        index = np.flatnonzero(pairs.split == code)
+        if len(index) == 0:
+            continue
+        part = pairs.take(index)
+        columns = dict(
+            intent=pa.array(intents[part.intent]).dictionary_encode(),
+            user_id=pa.array(user_ids[part.user]),
+            cutoff=pa.array(part.cutoff.astype("datetime64[ms]"), pa.timestamp("ms", tz="UTC")),
+            target_ad_id=pa.array(ad_ids[part.target_ad]),
+            prompt_tokens=pa.array(shown.tokens[index]),
+            last_event_ts=pa.array(shown.last_event_ts[index].astype("datetime64[ms]"), pa.timestamp("ms", tz="UTC")),
+        )
+        columns["all_target_ad_ids"] = _id_lists(part.target_offsets, ad_ids[part.targets])
+        writers.write(f"sft/{split}", _sft_table(
+            MAIN_TASK, _messages(shown.user_message.take(pa.array(index))), _answers(ad_sid[part.target_ad]),
+            **columns))
+        tokens[split].append(shown.tokens[index])
+        events[split].append(shown.events_shown[index])
+        if split == "train":
+            np.add.at(intent_counts, part.intent, 1)
+
+
+def _write_titles_prompt(writers, pairs: Pairs, event_log_, catalogue, settings, ad_sid, ad_ids, user_ids, intents,
+                         rng):
+    index = np.flatnonzero((pairs.split == 0) & (rng.random(len(pairs)) < settings.aux_ratio.titles_prompt))
+    if len(index) == 0:
+        return
+    part = pairs.take(index)
+    shown = render(event_log_, catalogue, part.user, part.cutoff, settings, ads_as="title")
+    writers.write("sft/train", _sft_table(
+        "titles_prompt", _messages(shown.user_message), _answers(ad_sid[part.target_ad]),
+        intent=pa.array(intents[part.intent]).dictionary_encode(), user_id=pa.array(user_ids[part.user]),
+        cutoff=pa.array(part.cutoff.astype("datetime64[ms]"), pa.timestamp("ms", tz="UTC")),
+        target_ad_id=pa.array(ad_ids[part.target_ad]), prompt_tokens=pa.array(shown.tokens),
+        last_event_ts=pa.array(shown.last_event_ts.astype("datetime64[ms]"), pa.timestamp("ms", tz="UTC")),
+        all_target_ad_ids=_id_lists(part.target_offsets, ad_ids[part.targets])))
+
+
+def _write_dpo(writers, pairs: Pairs, shown: Rendered, ads, ad_sid, ad_ids, user_ids, intents, settings, rng):
+    for code, split in ((0, "train"), (1, "valid")):
+        index = np.flatnonzero(pairs.split == code)
+        part = pairs.take(index)
+        rejected, same = alignment.sample_rejected(part.target_ad, part.cutoff, ads, part.intent,
+                                                   settings.dpo_same_intent_rejected, rng)
+        found = np.flatnonzero(rejected >= 0)
+        if len(found) == 0:
+            continue
+        chosen, rejected, ecpm = part.target_ad[found], rejected[found], ads["ecpm"].to_numpy()
+        writers.write(f"dpo/{split}", pa.table({
+            "prompt": _messages(shown.user_message.take(pa.array(index[found]))),
+            "chosen": _answers(ad_sid[chosen]), "rejected": _answers(ad_sid[rejected]),
+            "chosen_ad_id": pa.array(ad_ids[chosen]), "rejected_ad_id": pa.array(ad_ids[rejected]),
+            "chosen_ecpm": pa.array(ecpm[chosen]), "rejected_ecpm": pa.array(ecpm[rejected]),
+            "rejected_same_intent": pa.array(same[found]),
+            "intent": pa.array(intents[part.intent[found]]).dictionary_encode(),
+            "user_id": pa.array(user_ids[part.user[found]]),
+        }))
+
+
+def _write_aux(writers, ads: pd.DataFrame, ad_sid, n_main: int, settings, rng):
+    """Ad ↔ S-ID tasks; they reuse the main-task columns (no user, no cut-off) so one file holds the mixture."""
+    for task, ratio in (("ad_to_sid", settings.aux_ratio.ad_to_sid), ("sid_to_text", settings.aux_ratio.sid_to_text)):
+        rows = alignment.sample_examples(len(ads), ratio, n_main, rng)
+        if len(rows) == 0:
+            continue
+        chosen = ads.iloc[rows]
+        if task == "ad_to_sid":
+            prompt, answer = alignment.ad_to_sid_prompt(chosen), ad_sid[rows]
+        else:
+            prompt, answer = alignment.sid_to_text_prompt(pd.Series(ad_sid[rows])), alignment.sid_to_text_answer(chosen)
+        n = len(rows)
+        writers.write("sft/train", _sft_table(
+            task, _messages(pa.array(prompt.tolist(), pa.string())), _answers(list(answer)),
+            intent=pa.array(chosen["industry"].astype(str).tolist()).dictionary_encode(),
+            user_id=pa.array(np.full(n, -1, dtype=np.int64)),
+            cutoff=pa.array(np.full(n, 0).astype("datetime64[ms]"), pa.timestamp("ms", tz="UTC")),
+            target_ad_id=pa.array(chosen["ad_id"].to_numpy()), prompt_tokens=pa.array(np.full(n, -1, dtype=np.int32)),
+            last_event_ts=pa.array(np.full(n, 0).astype("datetime64[ms]"), pa.timestamp("ms", tz="UTC")),
+            all_target_ad_ids=_id_lists(np.arange(n + 1), chosen["ad_id"].to_numpy())))
+
+
+def _card(rows: dict, tokens: dict, events: dict, intent_counts, intents, settings) -> dict:
+    """The dataset card's numbers. No wall times or paths: the card is inside a DVC output, hashed with it."""
+    lengths = {split: np.concatenate(parts) if parts else np.zeros(0) for split, parts in tokens.items()}
+    percentiles = {split: ({f"p{q}": int(np.percentile(v, q)) for q in (50, 90, 99)} | {"max": int(v.max())}
+                           if len(v) else {}) for split, v in lengths.items()}
+    shown = {split: np.concatenate(parts) if parts else np.zeros(0) for split, parts in events.items()}
+    # how much of the short-term facet survives the token bound: the share of prompts left with no recent event
+    recent = {split: {"none_share": round(float((v == 0).mean()), 4), "p10": int(np.percentile(v, 10)),
+                      "p50": int(np.percentile(v, 50)), "p90": int(np.percentile(v, 90))} if len(v) else {}
+              for split, v in shown.items()}
+    total = max(int(intent_counts.sum()), 1)
+    distribution = {str(intents[i]): round(int(intent_counts[i]) / total, 4) for i in np.argsort(-intent_counts)
+                    if intent_counts[i] > 0}
+    return {"counts": dict(sorted(rows.items())),
+            "prompt_tokens": percentiles, "max_prompt_tokens": settings.max_prompt_tokens,
+            "recent_events": recent, "train_intent_share": distribution}
+
+
+def _card_markdown(card: dict) -> str:
+    configs = [{"config_name": name, "data_files": [{"split": split, "path": f"{name}/{split}/*.parquet"}
+                                                    for split in splits if f"{name}/{split}" in card["counts"]]}
+               for name, splits in FILES.items()]
+    header = yaml.safe_dump({"configs": configs, "language": ["en"], "pretty_name": "LEADRE prompts"}, sort_keys=False)
+    lines = ["---", header.strip(), "---", "", "# LEADRE prompts", "",
+             "Intent-aware <prompt, response> pairs (main task), auxiliary alignment tasks and DPO preference pairs,",
+             "built by `leadre prompts build` (leadre/prompts/). Responses are semantic IDs of ads.", "",
+             "| folder | rows |", "|---|---:|"]
+    lines += [f"| {name}/ | {n:,} |" for name, n in card["counts"].items()]
+    lines += ["", f"Prompt tokens of the main task (bound: {card['max_prompt_tokens']}):", "",
+              "| split | p50 | p90 | p99 | max |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {s} | {p.get('p50', '')} | {p.get('p90', '')} | {p.get('p99', '')} | {p.get('max', '')} |"
+              for s, p in card["prompt_tokens"].items()]
+    lines += ["", "Recent events the main task's prompts keep (the short-term facet, after the token bound):", "",
+              "| split | none | p10 | p50 | p90 |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {s} | {r['none_share']:.1%} | {r['p10']} | {r['p50']} | {r['p90']} |"
+              for s, r in card["recent_events"].items() if r]
+    lines += ["", "Intents of the train pairs:", "", "| intent | share |", "|---|---:|"]
+    lines += [f"| {i} | {share:.1%} |" for i, share in card["train_intent_share"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def _log_to_mlflow(card: dict) -> None:
+    """Log the card's numbers to the active MLflow run, if a caller (the training pipeline) opened one."""
+    import sys
+
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is None or mlflow.active_run() is None:
+        return
+    mlflow.log_metrics({f"prompts.rows.{k.replace('/', '.')}": v for k, v in card["counts"].items()})
+    for split, p in card["prompt_tokens"].items():
+        mlflow.log_metrics({f"prompts.tokens.{split}.{k}": v for k, v in p.items()})
+    for split, r in card["recent_events"].items():
+        mlflow.log_metrics({f"prompts.recent_events.{split}.{k}": v for k, v in r.items()})

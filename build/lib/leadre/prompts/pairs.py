@@ -1,0 +1,234 @@
+"""Which <prompt, response> pairs exist: cut-offs, targets and the time split, as arrays.
+
+Time split (no future event ever reaches a prompt):
+- test: cut-off at `snapshot - holdout_days`; targets are the user's ad engagements after it;
+- valid: cut-off `holdout_days` earlier; targets are engagements in the week before the test cut-off, for a
+  held-out share of users (`valid_user_share`);
+- train: cut-offs at a few of the user's earlier clicks (chosen at random, seeded); targets are the
+  engagements within `horizon_days` of the cut-off, never at or after the test cut-off, and for held-out users
+  never at or after the valid cut-off. So the model knows the week before the test as well as the ID-based
+  baselines do (they learn from every engagement before the cut-off), and validation still scores targets no
+  training pair has seen.
+Leave-last-out split (`evaluate.protocol: leave_last_out`, RecBole's `LS: valid_and_test`, `order: TO`): a
+user's sequence is their first engagement with each ad, in time order (a repeat of an ad already engaged with, such
+as the conversion after its click, is not a new item: history exclusion would make it unreachable). Users with
+fewer than 3 such ads have no valid or test pair. Otherwise:
+- test: the last ad is the target; the cut-off is its engagement time, so the prompt shows everything strictly before;
+- valid: the second-last ad, at its time, for every such user;
+- train: cut-offs at the user's earlier clicks as above; targets end before the valid target's time (users without a
+  valid target train on all their engagements: they are never scored).
+A prompt shows only events strictly before its cut-off. Intent-aware: the targets after one cut-off are grouped
+by the ad's industry (the intent), and each intent gets its own pair, whose response is the first ad the user
+engaged with in that intent; `all_targets` keeps every ad of the intent in the window for evaluation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from leadre.config import PromptParams
+from leadre.units import MS_PER_DAY
+
+SPLITS = ("train", "valid", "test")
+ENGAGEMENTS = ("click_ad", "convert_ad")
+PROTOCOLS = ("temporal", "leave_last_out")
+LEAVE_OUT_MIN_ITEMS = 3  # a train item, the valid target and the test target, as RecBole's LS split needs
+
+
+@dataclass
+class EventLog:
+    """Events as arrays sorted by (user, time), with everything rendering needs resolved to integer codes."""
+
+    user: np.ndarray  # row in the users table
+    ts: np.ndarray  # ms since epoch
+    action: np.ndarray  # code into `actions`
+    obj: np.ndarray  # row in the object table (ads, then contents, then queries)
+    category: np.ndarray  # code into `categories`: ad industry, content category or query topic
+    actions: np.ndarray
+    categories: np.ndarray
+    user_start: np.ndarray  # first event of each user (length users + 1)
+
+    def __post_init__(self) -> None:
+        # (user, ms since the first event) packed in one int64, computed once: every cut-off lookup searches it.
+        self.base = int(self.ts.min()) if len(self.ts) else 0
+        self.key = self.user.astype(np.int64) * (1 << 42) + (self.ts - self.base)
+
+    def position(self, user: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """Index of the first event of `user` at or after `ts` (so events before it are strictly earlier)."""
+        return np.searchsorted(self.key, user.astype(np.int64) * (1 << 42) + (ts - self.base), side="left")
+
+
+@dataclass
+class Pairs:
+    """One row per <prompt, response> pair of the main task."""
+
+    user: np.ndarray
+    cutoff: np.ndarray  # ms; the prompt shows events strictly before it
+    split: np.ndarray  # code into SPLITS
+    target_ad: np.ndarray  # row in the ads table
+    target_ts: np.ndarray
+    intent: np.ndarray  # code into the ads' industries
+    targets: np.ndarray  # every ad row engaged in the pair's intent and window, flat ...
+    target_offsets: np.ndarray  # ... pair i owns targets[target_offsets[i]:target_offsets[i + 1]]
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+    def all_targets(self, i: int) -> np.ndarray:
+        return self.targets[self.target_offsets[i]:self.target_offsets[i + 1]]
+
+    def take(self, index: np.ndarray) -> Pairs:
+        owner, flat = _expand(self.target_offsets[index], self.target_offsets[index + 1])
+        offsets = np.r_[0, np.cumsum(self.target_offsets[index + 1] - self.target_offsets[index])]
+        return Pairs(self.user[index], self.cutoff[index], self.split[index], self.target_ad[index],
+                     self.target_ts[index], self.intent[index], self.targets[flat], offsets)
+
+
+def _expand(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For ranges [start, end): (which range, index) of every element, vectorised."""
+    lengths = np.maximum(ends - starts, 0)
+    owner = np.repeat(np.arange(len(starts)), lengths)
+    offsets = np.cumsum(lengths) - lengths
+    return owner, starts[owner] + np.arange(lengths.sum()) - offsets[owner]
+
+
+@dataclass
+class _Engagements:
+    """The ad engagements of the log, in (user, time) order."""
+
+    index: np.ndarray  # position in the event log
+    user: np.ndarray
+    ts: np.ndarray
+    ad: np.ndarray  # ads come first in the object table, so this is also the ads row
+
+
+def _engagements(log: EventLog) -> _Engagements:
+    engaged = np.flatnonzero(np.isin(log.actions[log.action], ENGAGEMENTS))
+    return _Engagements(engaged, log.user[engaged], log.ts[engaged], log.obj[engaged])
+
+
+def leave_out_targets(user: np.ndarray, ts: np.ndarray, ad: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Leave-last-out targets from engagements in (user, time) order: (users, valid index, test index), the indexes
+    into the given arrays, for users with at least LEAVE_OUT_MIN_ITEMS distinct ads. Shared with evaluation, so the
+    baselines' history ends exactly where the prompts' does."""
+    order = np.lexsort((ts, user))  # already so for the event log; evaluation's frames are sorted the same way
+    first = pd.DataFrame({"user": user[order], "ad": ad[order]}).duplicated(["user", "ad"]).to_numpy()
+    new_item = order[~first]  # first engagement with each ad, still in (user, time) order
+    users, starts, counts = np.unique(user[new_item], return_index=True, return_counts=True)
+    enough = counts >= LEAVE_OUT_MIN_ITEMS
+    last = starts[enough] + counts[enough] - 1
+    return users[enough], new_item[last - 1], new_item[last]
+
+
+def select_pairs(log: EventLog, ad_industry: np.ndarray, snapshot_ms: int, params: PromptParams,
+                 rng: np.random.Generator, protocol: str = "temporal", keep: np.ndarray | None = None) -> Pairs:
+    """Cut-offs and intent-grouped targets for every split, under the temporal or the leave-last-out protocol.
+
+    `keep` (a mask over users) selects only those users' pairs, exactly the rows and order the unmasked call gives
+    them: the random draws are still made for every user, so each user's draws do not depend on the mask (a shard
+    of the prompts step selects its own users' pairs, and the costly grouping of targets shrinks with its share).
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    keep = np.ones(len(log.user_start), dtype=bool) if keep is None else keep
+    e = _engagements(log)
+    if protocol == "leave_last_out":
+        return _leave_last_out_pairs(log, e, ad_industry, params, rng, keep)
+    test_cut = snapshot_ms - params.holdout_days * MS_PER_DAY
+    valid_cut = test_cut - params.holdout_days * MS_PER_DAY
+
+    # Held-out validation users: drawn from every user with an engagement, so the draw does not depend on the
+    # window it is used for; share 1 holds out everybody (train then ends at the valid cut-off for all).
+    active = np.unique(e.user)
+    held_out = np.zeros(len(log.user_start), dtype=bool)
+    held_out[active[rng.random(len(active)) < params.valid_user_share]] = True
+
+    cuts = []
+    for split, start, end in ((1, valid_cut, test_cut), (2, test_cut, snapshot_ms)):
+        users = np.unique(e.user[(e.ts >= start) & (e.ts < end)])
+        users = users[keep[users]]
+        enough = log.position(users, np.full(len(users), start)) - log.user_start[users] >= params.min_history_events
+        users = users[enough & held_out[users]] if split == 1 else users[enough]
+        cuts.append((users, np.full(len(users), start), np.full(len(users), end), np.full(len(users), split)))
+    train_end = np.where(held_out[e.user], valid_cut, test_cut)  # per engagement: its user's end of training
+    cuts.append(_train_cutoffs(log, e, train_end, params, rng, keep))
+    return _window_pairs(log, e, ad_industry, *(np.concatenate(x) for x in zip(*cuts)))
+
+
+def _leave_last_out_pairs(log: EventLog, e: _Engagements, ad_industry: np.ndarray, params: PromptParams,
+                          rng: np.random.Generator, keep: np.ndarray) -> Pairs:
+    users, valid, test = leave_out_targets(e.user, e.ts, e.ad)
+    # Training ends at the user's valid target; a user without one is never scored and trains on everything.
+    user_end = np.full(len(log.user_start), np.iinfo(np.int64).max)
+    user_end[users] = e.ts[valid]
+    train = _window_pairs(log, e, ad_industry, *_train_cutoffs(log, e, user_end[e.user], params, rng, keep))
+    users, valid, test = users[keep[users]], valid[keep[users]], test[keep[users]]
+    # One pair per user and split: the held-out ad alone is relevant, at the instant it was engaged with.
+    held = np.concatenate([valid, test])
+    split = np.repeat([1, 2], len(users))
+    ads = e.ad[held]
+    held_out = Pairs(user=e.user[held], cutoff=e.ts[held], split=split, target_ad=ads, target_ts=e.ts[held],
+                     intent=ad_industry[ads], targets=ads, target_offsets=np.arange(len(held) + 1))
+    return _concat([held_out, train])
+
+
+def _concat(parts: list[Pairs]) -> Pairs:
+    offsets = [parts[0].target_offsets]
+    for part in parts[1:]:
+        offsets.append(part.target_offsets[1:] + offsets[-1][-1])
+    return Pairs(*(np.concatenate([getattr(p, f) for p in parts]) for f in
+                   ("user", "cutoff", "split", "target_ad", "target_ts", "intent", "targets")),
+                 target_offsets=np.concatenate(offsets))
+
+
+def _train_cutoffs(log: EventLog, e: _Engagements, train_end: np.ndarray, params: PromptParams,
+                   rng: np.random.Generator, keep: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(user, cut-off, end, split) of the train pairs; `train_end` is each engagement's user's end of training.
+
+    At earlier clicks with enough history, a few per user, chosen at random. Not at conversions: the answer there
+    would be the ad clicked moments before, teaching the model to echo."""
+    history = e.index - log.user_start[e.user]  # events before each engagement
+    is_click = log.actions[log.action[e.index]] == "click_ad"
+    e_user, e_ts = e.user, e.ts
+    candidates = np.flatnonzero(is_click & (e_ts < train_end) & (history >= params.min_history_events))
+    # A user's first `max_train_cutoffs_per_user` clicks in this order are drawn: exponential keys make it a weighted
+    # sample without replacement (Efraimidis-Spirakis), weight 2^(-age / half-life); uniform without a half-life.
+    draw = rng.random(len(candidates))
+    if params.train_cutoff_half_life_days:
+        age_days = (train_end[candidates] - e_ts[candidates]) / MS_PER_DAY
+        draw = -np.log1p(-draw) * np.exp2(age_days / params.train_cutoff_half_life_days)
+    kept = keep[e_user[candidates]]  # after the draw: every candidate consumes its number, kept or not
+    candidates, draw = candidates[kept], draw[kept]
+    order = np.lexsort((draw, e_user[candidates]))
+    candidates = candidates[order]
+    first_of_user = np.r_[True, e_user[candidates][1:] != e_user[candidates][:-1]]
+    group_start = np.maximum.accumulate(np.where(first_of_user, np.arange(len(candidates)), 0))
+    candidates = candidates[np.arange(len(candidates)) - group_start < params.max_train_cutoffs_per_user]
+    candidates = np.unique(candidates)  # back in (user, time) order
+    return (e_user[candidates], e_ts[candidates],
+            np.minimum(e_ts[candidates] + params.horizon_days * MS_PER_DAY, train_end[candidates]),
+            np.zeros(len(candidates), dtype=int))
+
+
+def _window_pairs(log: EventLog, e: _Engagements, ad_industry: np.ndarray, c_user: np.ndarray, c_ts: np.ndarray,
+                  c_end: np.ndarray, c_split: np.ndarray) -> Pairs:
+    """Targets of each cut-off: the engagements in [cut-off, end), grouped by intent."""
+    e_ts, e_ad = e.ts, e.ad
+    e_key = log.key[e.index]
+    lo = np.searchsorted(e_key, c_user.astype(np.int64) * (1 << 42) + (c_ts - log.base), side="left")
+    hi = np.searchsorted(e_key, c_user.astype(np.int64) * (1 << 42) + (c_end - log.base), side="left")
+    cut, target = _expand(lo, hi)
+    intent = ad_industry[e_ad[target]]
+    frame = pd.DataFrame({"cut": cut, "intent": intent, "ad": e_ad[target], "ts": e_ts[target]})
+    # Rows are in time order within a cut-off, so the first row per (cut-off, intent) is the response.
+    first = frame.drop_duplicates(["cut", "intent"]).sort_values(["cut", "intent"], kind="stable")
+    distinct = frame.drop_duplicates(["cut", "intent", "ad"]).sort_values(["cut", "intent"], kind="stable")
+    new_group = np.r_[True, (np.diff(distinct["cut"].to_numpy()) != 0) | (np.diff(distinct["intent"].to_numpy()) != 0)]
+    offsets = np.r_[np.flatnonzero(new_group), len(distinct)]
+    cut_of_pair = first["cut"].to_numpy()
+    return Pairs(user=c_user[cut_of_pair], cutoff=c_ts[cut_of_pair], split=c_split[cut_of_pair],
+                 target_ad=first["ad"].to_numpy(), target_ts=first["ts"].to_numpy(),
+                 intent=first["intent"].to_numpy(), targets=distinct["ad"].to_numpy(), target_offsets=offsets)

@@ -1,0 +1,1 @@
+"""Prompts → SFT model → DPO model: the model factory, the TRL trainers and their MLflow tracking."""
