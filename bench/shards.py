@@ -8,7 +8,10 @@ promote run once so that near-line has a champion; then each data-parallel step 
 
 Every process runs one thread (prompts.workers 1, model.cpu_threads 1), so the comparison is processes on cores,
 not threads inside one process. users/s counts the whole wall time, process start-up and data loading included;
-the merge's share is its seconds over the sharded wall time (shards + merge).
+the merge's share is its seconds over the sharded wall time (shards + merge). `--rounds N` repeats the three
+timings N times and reports medians with their range (a shared VM's timings drift by a fifth within minutes);
+`--params FILE` times an existing workspace instead of preparing one (prompts needs validated data and S-IDs,
+near-line a champion too).
 Targets (issue 18): 2 shards ≥ 1.7× the users/s of 1 shard on 2 cores; merge ≤ 10% of the sharded step's time.
 """
 
@@ -23,6 +26,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
+import yaml
 
 from bench import save_results
 
@@ -39,8 +45,6 @@ def prepare(root: Path, scale: str, model: str = "test", nearline_users: int = 0
     from leadre.data.generate import run_generate
     from leadre.steps import run_step
     from tests.conftest import FAST_TRAINING, write_params
-
-    import yaml
 
     repo_params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text(encoding="utf-8"))
     baselines = repo_params["evaluate"]["baselines"]
@@ -89,7 +93,19 @@ def _users(step: str, output: str, params_file: Path) -> int:
     return len(read_tables(params.path(params.data.validated_dir), names=("users",))["users"])
 
 
-def time_step(step: str, params_file: Path, shards: int = 2) -> dict:
+def time_step(step: str, params_file: Path, shards: int = 2, rounds: int = 1) -> dict:
+    """The step's timings, medians over `rounds` rounds of 1 process / `shards` processes / merge, with each
+    ratio's range."""
+    runs = [_time_once(step, params_file, shards) for _ in range(rounds)]
+    result = {key: float(np.median([r[key] for r in runs])) for key in runs[0] if key not in ("users", "shards")}
+    result |= {"users": runs[0]["users"], "shards": shards, "rounds": rounds,
+               "speedup_range": [min(r["speedup"] for r in runs), max(r["speedup"] for r in runs)],
+               "merge_share_range": [min(r["merge_share"] for r in runs), max(r["merge_share"] for r in runs)],
+               "runs": runs}
+    return result
+
+
+def _time_once(step: str, params_file: Path, shards: int) -> dict:
     command = COMMANDS[step]
     started = time.perf_counter()
     (output,) = _wait(_leadre(params_file, *command))
@@ -110,13 +126,17 @@ def time_step(step: str, params_file: Path, shards: int = 2) -> dict:
 
 def report(result: dict) -> str:
     lines = [f"scale {result['scale']}, {result.get('model', 'test')} model, {result['cpus']} CPUs "
-             f"(load average {result['load_average']})",
-             "| step | users | 1 shard users/s | 2 shards users/s | speedup | merge share |",
-             "|---|---:|---:|---:|---:|---:|"]
+             f"(load average {result['load_average']}); medians over {result['rounds']} round(s), [range]",
+             "| step | users | 1 process | 2 shards | merge | 1 process users/s | 2 shards + merge users/s | speedup "
+             "| merge share |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for step, r in result["steps"].items():
-        lines.append(f"| {step} | {r['users']:,} | {r['users_per_second_one']:.1f} | "
-                     f"{r['users_per_second_sharded']:.1f} | {r['speedup']:.2f}× (target ≥ {TARGET_SPEEDUP}) | "
-                     f"{r['merge_share']:.1%} (target ≤ {TARGET_MERGE_SHARE:.0%}) |")
+        (s_lo, s_hi), (m_lo, m_hi) = r["speedup_range"], r["merge_share_range"]
+        lines.append(f"| {step} | {r['users']:,} | {r['one_shard_seconds']:.1f} s | {r['shards_seconds']:.1f} s | "
+                     f"{r['merge_seconds']:.1f} s | {r['users_per_second_one']:.1f} | "
+                     f"{r['users_per_second_sharded']:.1f} | {r['speedup']:.2f}× [{s_lo:.2f}, {s_hi:.2f}] "
+                     f"(target ≥ {TARGET_SPEEDUP}) | {r['merge_share']:.1%} [{m_lo:.1%}, {m_hi:.1%}] "
+                     f"(target ≤ {TARGET_MERGE_SHARE:.0%}) |")
     return "\n".join(lines)
 
 
@@ -128,15 +148,21 @@ def main() -> None:
                         help="near-line's model: the test suite's (fast) or the shape params.yaml ships")
     parser.add_argument("--nearline-users", type=int, default=0, help="nearline.max_users (0 = every active user)")
     parser.add_argument("--keep", action="store_true", help="keep the workspace (printed)")
+    parser.add_argument("--rounds", type=int, default=1, help="timing rounds; medians and ranges are reported")
+    parser.add_argument("--params", type=Path, help="time this workspace's params file instead of preparing one")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="leadre-bench-shards-"))
     try:
-        print(f"preparing a {args.scale} world with a champion in {root} …", flush=True)
-        params_file = prepare(root, args.scale, args.model, args.nearline_users)
-        steps = {step: time_step(step, params_file) for step in args.steps.split(",")}
-        result = {"scale": args.scale, "model": args.model, "nearline_users": args.nearline_users,
+        if args.params:
+            params_file = args.params.resolve()
+            scale = yaml.safe_load(params_file.read_text(encoding="utf-8"))["world"]["scale"]
+        else:
+            print(f"preparing a {args.scale} world with a champion in {root} …", flush=True)
+            params_file, scale = prepare(root, args.scale, args.model, args.nearline_users), args.scale
+        steps = {step: time_step(step, params_file, rounds=args.rounds) for step in args.steps.split(",")}
+        result = {"scale": scale, "model": args.model, "nearline_users": args.nearline_users,
                   "cpus": os.cpu_count(), "load_average": [round(x, 1) for x in os.getloadavg()],
-                  "steps": steps}
+                  "rounds": args.rounds, "steps": steps}
         print(report(result))
         print(json.dumps(result, indent=2))
         print(f"\nsaved {save_results('shards', result)}")

@@ -68,7 +68,7 @@ _ROWS = (
          "Build the SFT mixture (main + auxiliary tasks), the DPO pairs and the evaluation prompts (prompts.out_dir).",
          params=("data.snapshot_time", "evaluate.protocol", "prompts"),
          inputs=("${data.validated_dir}", "${sids.out_dir}", "leadre/prompts"),
-         outputs=("${prompts.out_dir}",), timeout_minutes=90, merge="leadre.prompts.build:merge_prompts"),
+         outputs=("${prompts.out_dir}",), timeout_minutes=90, merge="leadre.prompts.card:merge_prompts"),
     Step("sft", "leadre.train.sft:run_sft", ("sft",),
          "Supervised fine-tuning (TRL SFTTrainer) on the main + auxiliary tasks; the model goes to sft.out_dir.",
          params=("model", "sft"), inputs=("${prompts.out_dir}", "${sids.out_dir}", "leadre/train"),

@@ -14,7 +14,8 @@ A baseline is one class here with one params model (pydantic, beside it), regist
 `@register_baseline`; `evaluate.baselines` in params.yaml lists which run, each with its settings (checked against
 the model when params load). Adding one: its class and params model here, and its entry in params.yaml.
 
-Importing this module is cheap: torch loads only when a SASRec is built.
+Importing this module is cheap (params validation does, in every process): pandas and scipy load when a
+baseline is fitted or asked, torch only when a SASRec is built.
 """
 
 from __future__ import annotations
@@ -27,17 +28,17 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, runtime_checkable
 
 import numpy as np
-import pandas as pd
 from pydantic import Field, ValidationError
 from pydantic_core import InitErrorDetails
-from scipy import sparse
 
 from leadre.config import _Section
 from leadre.data.contracts import ACTIONS_BY_DOMAIN
 from leadre.units import MS_PER_DAY, PAD
 
 if TYPE_CHECKING:
+    import pandas as pd
     import torch
+    from scipy import sparse
 
 ENGAGEMENT_ACTIONS = ACTIONS_BY_DOMAIN["ad"]
 ENGAGEMENT_COLUMNS = ("user_id", "ad_id", "ts")
@@ -47,6 +48,8 @@ SCORE_BATCH_ROWS = 2048
 
 def ad_engagements(events: pd.DataFrame, before: datetime | pd.Timestamp | None = None) -> pd.DataFrame:
     """`user_id, ad_id, ts` of ad clicks and conversions strictly before `before`, in (user, time) order."""
+    import pandas as pd
+
     mask = (events["domain"] == "ad").to_numpy() & events["action"].isin(ENGAGEMENT_ACTIONS).to_numpy()
     if before is not None:
         mask &= (events["ts"] < pd.Timestamp(before)).to_numpy()
@@ -84,12 +87,16 @@ def _check_engagements(engagements: pd.DataFrame) -> None:
 
 
 def _ms(ts: pd.Series) -> np.ndarray:
+    import pandas as pd
+
     return pd.to_datetime(ts, utc=True).dt.tz_convert(None).to_numpy().astype("datetime64[ms]").astype(np.int64)
 
 
 def popularity_scores(engagements: pd.DataFrame, half_life_days: float | None) -> pd.Series:
     """Engagements per ad; with a half-life, each one weighs 2^(-age / half_life), age measured from the last
     engagement in the data (the cut-off, up to the quietest hours)."""
+    import pandas as pd
+
     if half_life_days is None:
         weight = np.ones(len(engagements))
     else:
@@ -158,6 +165,8 @@ class ScoringRecommender(ABC):
                   ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """As `Recommender.recommend`; with `return_shares`, also each listed ad's share of the row
         (`_list_shares`, 0 on padding): the list as a distribution, what the mixture fusion reads."""
+        import pandas as pd
+
         if self.popularity is None:
             raise RuntimeError(f"{self.name}: call fit() before recommend()")
         if k < 1:
@@ -187,6 +196,8 @@ class ScoringRecommender(ABC):
 
 
 def _mask_excluded(eligible: np.ndarray, exclude: Sequence[np.ndarray], candidates: np.ndarray) -> None:
+    import pandas as pd
+
     lists = [np.asarray(e, dtype=np.int64).ravel() for e in exclude]
     rows = np.repeat(np.arange(len(lists)), [len(e) for e in lists])
     if not len(rows):
@@ -286,6 +297,9 @@ class ItemKNN(ScoringRecommender):
         self.params = params or ItemKNNParams()
 
     def _fit(self, engagements: pd.DataFrame) -> None:
+        import pandas as pd
+        from scipy import sparse
+
         pairs = engagements[["user_id", "ad_id"]].drop_duplicates()
         self.users = pd.Index(pd.unique(pairs["user_id"]))
         self.items = pd.Index(np.sort(pd.unique(pairs["ad_id"])))
@@ -377,6 +391,7 @@ class SASRec(ScoringRecommender):
         self.loss_history: list[float] = []
 
     def _fit(self, engagements: pd.DataFrame) -> None:
+        import pandas as pd
         import torch
 
         p = self.params

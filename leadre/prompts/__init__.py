@@ -4,3 +4,4 @@
 # baseline read are "main"; the other values are the auxiliary alignment tasks (prompts.aux_ratio's keys and
 # "titles_prompt"), which only training reads.
 MAIN_TASK = "main"
+SPLITS = ("train", "valid", "test")  # the time split of the main task (leadre/prompts/pairs.py says how)

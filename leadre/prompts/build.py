@@ -9,17 +9,16 @@
                          makes `datasets.load_dataset(out_dir, "sft")` (or "dpo") work offline
     card.json            the card's numbers, for DVC and MLflow
 
-Each folder holds Parquet parts, one per chunk of about `users_per_chunk` users (plus `part-aux` for the auxiliary
-tasks): chunks are built concurrently by `workers` threads and memory stays bounded at any number of users. A user's
-chunk is a stable hash of the user id (leadre/sharding.py), so `--shard i/n` builds the chunks i, i + n, … into
-`<out_dir>.shards/` and `merge_prompts` links them into out_dir: the same bytes as one unsharded run.
+Each folder holds Parquet parts, one per chunk of about `users_per_chunk` users (sft/train also `part-aux-<chunk>`,
+the chunk's auxiliary tasks): chunks are built concurrently by `workers` threads and memory stays bounded at any
+number of users. A user's chunk is a stable hash of the user id (leadre/sharding.py), so `--shard i/n` builds the
+chunks i, i + n, … into `<out_dir>.shards/` and `leadre.prompts.card.merge_prompts` links them into out_dir and writes the card: the
+same bytes as one unsharded run.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,22 +28,21 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import yaml
 
 from leadre.config import Params, PromptParams
 from leadre.data.tables import DataError, Finding, read_tables
-from leadre.io import atomic_dir, read_json, write_json
-from leadre.prompts import MAIN_TASK, alignment
-from leadre.prompts.pairs import SPLITS, EventLog, Pairs, select_pairs
+from leadre.io import atomic_dir
+from leadre.prompts import MAIN_TASK, SPLITS, alignment
+from leadre.prompts.card import log_card, sum_rows, write_card, write_chunk_stats
+from leadre.prompts.pairs import EventLog, Pairs, select_pairs
 from leadre.prompts.render import Catalogue, Rendered, render
 from leadre.prompts.tokens import TokenCounter
-from leadre.sharding import ALL, Shard, bucket_of, parts_dir, shard_dirs
+from leadre.sharding import ALL, Shard, bucket_of, parts_dir
 from leadre.sids.build import load_sid_table
 
 log = logging.getLogger(__name__)
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
-FILES = {"sft": ("train", "valid", "test"), "dpo": ("train", "valid")}
-AUX_STREAM = 1 << 30  # RNG stream of the auxiliary tasks, apart from every chunk's
+AUX_STREAM = 1 << 30  # RNG streams of the chunks' auxiliary tasks (AUX_STREAM + chunk), apart from their pairs'
 
 
 def _ms(series: pd.Series) -> np.ndarray:
@@ -185,44 +183,20 @@ def run_build_prompts(params: Params, shard: Shard | None = None) -> dict:
     out_dir = params.path(params.prompts.out_dir)
     if shard is not None:
         with atomic_dir(parts_dir(out_dir) / shard.name) as tmp:
-            chunks, _, _ = _build_chunks(params, shard, tmp)
-            _write_chunk_stats(tmp, chunks)
-        summary = {"shard": str(shard), "chunks": len(chunks), "counts": _sum_rows(chunks),
+            chunks, intents = _build_chunks(params, shard, tmp)
+            write_chunk_stats(tmp, chunks, intents)
+        summary = {"shard": str(shard), "chunks": len(chunks), "counts": sum_rows(chunks),
                    "seconds": round(time.perf_counter() - started, 2)}
         log.info("prompts shard %s: %s", shard, summary)
         return summary
     with atomic_dir(out_dir) as tmp:
-        chunks, ads, ad_sid = _build_chunks(params, ALL, tmp)
-        card = _finish(tmp, chunks, ads, ad_sid, params.prompts)
-    return _done(card, started)
+        chunks, intents = _build_chunks(params, ALL, tmp)
+        card = write_card(tmp, chunks, intents, params.prompts)
+    return log_card(card, started)
 
 
-def merge_prompts(params: Params, shards: int) -> dict:
-    """prompts.out_dir from the parts of `shards` shards (`leadre prompts build --shard i/n`): their chunk files are
-    hard-linked in, the auxiliary tasks and the dataset card written over all of them; then the parts go."""
-    started = time.perf_counter()
-    out_dir = params.path(params.prompts.out_dir)
-    folders = shard_dirs(out_dir, shards)
-    ads = read_tables(params.path(params.data.validated_dir), names=("ads",))["ads"]
-    ad_sid = _ad_sids(params, ads)
-    with atomic_dir(out_dir) as tmp:
-        chunks = []
-        for folder in folders:
-            chunks += _read_chunk_stats(folder)
-            for part in sorted(folder.rglob("*.parquet")):
-                target = tmp / part.relative_to(folder)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.link(part, target)  # a link, not a move: a failed merge leaves the shards' parts as they were
-        chunks.sort(key=lambda chunk: chunk["chunk"])  # the unsharded run's order, so the card is the same bytes
-        card = _finish(tmp, chunks, ads, ad_sid, params.prompts)
-    shutil.rmtree(parts_dir(out_dir), ignore_errors=True)
-    card = _done(card, started)
-    card["shards"] = shards
-    return card
-
-
-def _build_chunks(params: Params, shard: Shard, out: Path) -> tuple[list[dict], pd.DataFrame, np.ndarray]:
-    """Render and write the chunks of users `shard` owns; returns each chunk's numbers for the card.
+def _build_chunks(params: Params, shard: Shard, out: Path) -> tuple[list[dict], np.ndarray]:
+    """Render and write the chunks of users `shard` owns; returns each chunk's numbers for the card, and the intents.
 
     A shard selects only its users' pairs, with the draws one run makes over all users (select_pairs' `keep`); a
     user's chunk is a hash of the user id into a number of chunks fixed by the users table alone, and a chunk's
@@ -255,70 +229,7 @@ def _build_chunks(params: Params, shard: Shard, out: Path) -> tuple[list[dict], 
         results = list(pool.map(lambda chunk: _build_chunk(context, *chunk), chunks))
     for (chunk, _), result in zip(chunks, results):
         result["chunk"] = chunk
-    return results, ads, ad_sid
-
-
-def _finish(out: Path, chunks: list[dict], ads: pd.DataFrame, ad_sid: np.ndarray, settings: PromptParams) -> dict:
-    """What spans every chunk: the auxiliary tasks (sized by all train pairs) and the dataset card."""
-    intents = ads["industry"].cat.categories.astype(str).to_numpy()
-    rows = _sum_rows(chunks)
-    tokens = {split: [t for r in chunks for t in r["tokens"][split]] for split in SPLITS}
-    events = {split: [e for r in chunks for e in r["events"][split]] for split in SPLITS}
-    intent_counts = np.sum([r["intents"] for r in chunks], axis=0) if chunks else np.zeros(len(intents))
-    aux = _Writers(out, "aux")
-    try:
-        _write_aux(aux, ads, ad_sid, sum(len(t) for t in tokens["train"]), settings,
-                   np.random.default_rng([settings.seed, AUX_STREAM]))
-    finally:
-        aux.close()
-    for name, n in aux.rows.items():
-        rows[name] = rows.get(name, 0) + n
-    card = _card(rows, tokens, events, intent_counts, intents, settings)
-    write_json(out / "card.json", card)
-    (out / "README.md").write_text(_card_markdown(card), encoding="utf-8")
-    return card
-
-
-def _done(card: dict, started: float) -> dict:
-    _log_to_mlflow(card)
-    # the wall time is returned and logged, never written into the output: same inputs, same bytes (DVC hashes it)
-    card["seconds"] = round(time.perf_counter() - started, 2)
-    log.info("prompts: %s in %.1fs", card["counts"], card["seconds"])
-    return card
-
-
-def _sum_rows(chunks: list[dict]) -> dict[str, int]:
-    rows: dict[str, int] = {}
-    for chunk in chunks:
-        for name, n in chunk["rows"].items():
-            rows[name] = rows.get(name, 0) + n
-    return rows
-
-
-CHUNK_STATS = "chunks.json"  # a shard's per-chunk numbers for the merged card (token and event counts: .npz)
-
-
-def _write_chunk_stats(folder: Path, chunks: list[dict]) -> None:
-    arrays = {}
-    for r in chunks:
-        for kind in ("tokens", "events"):
-            for split in SPLITS:
-                parts = r[kind][split]
-                arrays[f"{kind}.{r['chunk']}.{split}"] = np.concatenate(parts) if parts else np.zeros(0, np.int64)
-    np.savez(folder / "chunks.npz", **arrays)
-    write_json(folder / CHUNK_STATS, [{"chunk": r["chunk"], "rows": r["rows"], "intents": r["intents"].tolist()}
-                                      for r in chunks])
-
-
-def _read_chunk_stats(folder: Path) -> list[dict]:
-    chunks = read_json(folder / CHUNK_STATS)
-    with np.load(folder / "chunks.npz") as arrays:
-        for r in chunks:
-            for kind in ("tokens", "events"):
-                r[kind] = {split: [a] if len(a := arrays[f"{kind}.{r['chunk']}.{split}"]) else []
-                           for split in SPLITS}
-            r["intents"] = np.asarray(r["intents"], dtype=np.int64)
-    return chunks
+    return results, intents
 
 
 @dataclass(frozen=True)
@@ -337,9 +248,11 @@ class _Context:
 
 
 def _build_chunk(ctx: _Context, chunk: int, pairs: Pairs) -> dict:
-    """Render and write one chunk of users' pairs; seeded by the chunk number, so threads do not change the output."""
+    """Render and write one chunk of users' pairs, then its auxiliary tasks (sized by its train pairs, into
+    `part-aux-<chunk>`, which sorts after every pairs part); seeded by the chunk number, so neither threads nor
+    shards change the output."""
     rng = np.random.default_rng([ctx.settings.seed, chunk])
-    writers = _Writers(ctx.out, f"{chunk:05d}")
+    writers, aux = _Writers(ctx.out, f"{chunk:05d}"), _Writers(ctx.out, f"aux-{chunk:05d}")
     tokens = {split: [] for split in SPLITS}
     events = {split: [] for split in SPLITS}
     intent_counts = np.zeros(len(ctx.intents), dtype=np.int64)
@@ -351,9 +264,13 @@ def _build_chunk(ctx: _Context, chunk: int, pairs: Pairs) -> dict:
                              ctx.user_ids, ctx.intents, rng)
         _write_dpo(writers, pairs, shown, ctx.ads, ctx.ad_sid, ctx.ad_ids, ctx.user_ids, ctx.intents, ctx.settings,
                    rng)
+        _write_aux(aux, ctx.ads, ctx.ad_sid, sum(len(t) for t in tokens["train"]), ctx.settings,
+                   np.random.default_rng([ctx.settings.seed, AUX_STREAM + chunk]))
     finally:
         writers.close()
-    return {"rows": writers.rows, "tokens": tokens, "events": events, "intents": intent_counts}
+        aux.close()
+    rows = sum_rows([{"rows": writers.rows}, {"rows": aux.rows}])
+    return {"rows": rows, "tokens": tokens, "events": events, "intents": intent_counts}
 
 
 def _write_main(writers, pairs: Pairs, shown: Rendered, ad_sid, ad_ids, user_ids, intents, tokens, events,
@@ -419,7 +336,8 @@ def _write_dpo(writers, pairs: Pairs, shown: Rendered, ads, ad_sid, ad_ids, user
 
 
 def _write_aux(writers, ads: pd.DataFrame, ad_sid, n_main: int, settings, rng):
-    """Ad ↔ S-ID tasks; they reuse the main-task columns (no user, no cut-off) so one file holds the mixture."""
+    """Ad ↔ S-ID tasks for `n_main` main-task examples (a chunk's); every ad once before any repeats, within the
+    chunk. They reuse the main-task columns (no user, no cut-off), so the files stack into one mixture."""
     for task, ratio in (("ad_to_sid", settings.aux_ratio.ad_to_sid), ("sid_to_text", settings.aux_ratio.sid_to_text)):
         rows = alignment.sample_examples(len(ads), ratio, n_main, rng)
         if len(rows) == 0:
@@ -438,58 +356,3 @@ def _write_aux(writers, ads: pd.DataFrame, ad_sid, n_main: int, settings, rng):
             target_ad_id=pa.array(chosen["ad_id"].to_numpy()), prompt_tokens=pa.array(np.full(n, -1, dtype=np.int32)),
             last_event_ts=pa.array(np.full(n, 0).astype("datetime64[ms]"), pa.timestamp("ms", tz="UTC")),
             all_target_ad_ids=_id_lists(np.arange(n + 1), chosen["ad_id"].to_numpy())))
-
-
-def _card(rows: dict, tokens: dict, events: dict, intent_counts, intents, settings) -> dict:
-    """The dataset card's numbers. No wall times or paths: the card is inside a DVC output, hashed with it."""
-    lengths = {split: np.concatenate(parts) if parts else np.zeros(0) for split, parts in tokens.items()}
-    percentiles = {split: ({f"p{q}": int(np.percentile(v, q)) for q in (50, 90, 99)} | {"max": int(v.max())}
-                           if len(v) else {}) for split, v in lengths.items()}
-    shown = {split: np.concatenate(parts) if parts else np.zeros(0) for split, parts in events.items()}
-    # how much of the short-term facet survives the token bound: the share of prompts left with no recent event
-    recent = {split: {"none_share": round(float((v == 0).mean()), 4), "p10": int(np.percentile(v, 10)),
-                      "p50": int(np.percentile(v, 50)), "p90": int(np.percentile(v, 90))} if len(v) else {}
-              for split, v in shown.items()}
-    total = max(int(intent_counts.sum()), 1)
-    distribution = {str(intents[i]): round(int(intent_counts[i]) / total, 4) for i in np.argsort(-intent_counts)
-                    if intent_counts[i] > 0}
-    return {"counts": dict(sorted(rows.items())),
-            "prompt_tokens": percentiles, "max_prompt_tokens": settings.max_prompt_tokens,
-            "recent_events": recent, "train_intent_share": distribution}
-
-
-def _card_markdown(card: dict) -> str:
-    configs = [{"config_name": name, "data_files": [{"split": split, "path": f"{name}/{split}/*.parquet"}
-                                                    for split in splits if f"{name}/{split}" in card["counts"]]}
-               for name, splits in FILES.items()]
-    header = yaml.safe_dump({"configs": configs, "language": ["en"], "pretty_name": "LEADRE prompts"}, sort_keys=False)
-    lines = ["---", header.strip(), "---", "", "# LEADRE prompts", "",
-             "Intent-aware <prompt, response> pairs (main task), auxiliary alignment tasks and DPO preference pairs,",
-             "built by `leadre prompts build` (leadre/prompts/). Responses are semantic IDs of ads.", "",
-             "| folder | rows |", "|---|---:|"]
-    lines += [f"| {name}/ | {n:,} |" for name, n in card["counts"].items()]
-    lines += ["", f"Prompt tokens of the main task (bound: {card['max_prompt_tokens']}):", "",
-              "| split | p50 | p90 | p99 | max |", "|---|---:|---:|---:|---:|"]
-    lines += [f"| {s} | {p.get('p50', '')} | {p.get('p90', '')} | {p.get('p99', '')} | {p.get('max', '')} |"
-              for s, p in card["prompt_tokens"].items()]
-    lines += ["", "Recent events the main task's prompts keep (the short-term facet, after the token bound):", "",
-              "| split | none | p10 | p50 | p90 |", "|---|---:|---:|---:|---:|"]
-    lines += [f"| {s} | {r['none_share']:.1%} | {r['p10']} | {r['p50']} | {r['p90']} |"
-              for s, r in card["recent_events"].items() if r]
-    lines += ["", "Intents of the train pairs:", "", "| intent | share |", "|---|---:|"]
-    lines += [f"| {i} | {share:.1%} |" for i, share in card["train_intent_share"].items()]
-    return "\n".join(lines) + "\n"
-
-
-def _log_to_mlflow(card: dict) -> None:
-    """Log the card's numbers to the active MLflow run, if a caller (the training pipeline) opened one."""
-    import sys
-
-    mlflow = sys.modules.get("mlflow")
-    if mlflow is None or mlflow.active_run() is None:
-        return
-    mlflow.log_metrics({f"prompts.rows.{k.replace('/', '.')}": v for k, v in card["counts"].items()})
-    for split, p in card["prompt_tokens"].items():
-        mlflow.log_metrics({f"prompts.tokens.{split}.{k}": v for k, v in p.items()})
-    for split, r in card["recent_events"].items():
-        mlflow.log_metrics({f"prompts.recent_events.{split}.{k}": v for k, v in r.items()})

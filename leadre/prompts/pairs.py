@@ -32,7 +32,6 @@ import pandas as pd
 from leadre.config import PromptParams
 from leadre.units import MS_PER_DAY
 
-SPLITS = ("train", "valid", "test")
 ENGAGEMENTS = ("click_ad", "convert_ad")
 PROTOCOLS = ("temporal", "leave_last_out")
 LEAVE_OUT_MIN_ITEMS = 3  # a train item, the valid target and the test target, as RecBole's LS split needs
@@ -67,7 +66,7 @@ class Pairs:
 
     user: np.ndarray
     cutoff: np.ndarray  # ms; the prompt shows events strictly before it
-    split: np.ndarray  # code into SPLITS
+    split: np.ndarray  # code into leadre.prompts.SPLITS
     target_ad: np.ndarray  # row in the ads table
     target_ts: np.ndarray
     intent: np.ndarray  # code into the ads' industries

@@ -264,11 +264,23 @@ def test_dpo_pairs_prefer_higher_ecpm_among_relevant_ads(tiny_prompts):
 
 
 def test_auxiliary_tasks_follow_their_ratios(tiny_prompts):
+    """Per chunk of users, beside its pairs (so a shard writes its chunks' tasks and the merge reads no table)."""
+    folder = tiny_prompts.path(tiny_prompts.prompts.out_dir) / "sft" / "train"
+    ratio = tiny_prompts.prompts.aux_ratio
+    chunks = sorted(f.name for f in folder.glob("part-0*.parquet"))
+    assert len(chunks) > 1
+    n_ads = len(read_tables(tiny_prompts.path(tiny_prompts.data.validated_dir), ("ads",))["ads"])
+    for name in chunks:
+        main = pd.read_parquet(folder / name, columns=["task"])["task"].value_counts()["main"]
+        aux = pd.read_parquet(folder / name.replace("part-", "part-aux-"), columns=["task", "target_ad_id"])
+        counts = aux["task"].value_counts()
+        assert counts["ad_to_sid"] == round(ratio.ad_to_sid * main)
+        assert counts["sid_to_text"] == round(ratio.sid_to_text * main)
+        # every ad once before any repeats
+        first = aux[aux["task"] == "ad_to_sid"]["target_ad_id"].head(n_ads)
+        assert first.is_unique
     train = _sft(tiny_prompts, "train")
     counts = train["task"].value_counts()
-    ratio = tiny_prompts.prompts.aux_ratio
-    assert counts["ad_to_sid"] == round(ratio.ad_to_sid * counts["main"])
-    assert counts["sid_to_text"] == round(ratio.sid_to_text * counts["main"])
     assert abs(counts["titles_prompt"] / counts["main"] - ratio.titles_prompt) < 0.1
     titles = train[train["task"] == "titles_prompt"]["prompt"].map(lambda p: p[0]["content"])
     assert not titles.str.contains("click <a_").any()  # ads written as titles, not S-IDs
