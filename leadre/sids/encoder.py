@@ -108,8 +108,11 @@ def encode_texts(folder: Path, texts: list[str], batch_size: int, progress_bar=N
 
     A batch holds texts of one token length only, so nothing is padded: a padded batch's matrix shapes change the
     summation order inside the kernels, and a text's vector then differs in the last bits with the texts encoded
-    beside it (measured: most values of all-MiniLM-L6-v2 on CPU). Without padding, a text's vector is a function of
-    the text alone, so a warm embedding cache gives the bytes a cold run gives, and the S-IDs fitted on them too.
+    beside it (measured: most values of all-MiniLM-L6-v2 on CPU). Without padding, and on one CPU thread, a text's
+    vector is a function of the text alone, so a warm embedding cache or a sharded run gives the bytes a cold run
+    gives, and the S-IDs fitted on them too. With several threads the kernels split a batch's sums by its row count
+    as well, so the last bits still depend on how many same-length texts shared the batch (the S-IDs of the tiny
+    world stayed equal; tests/pipeline/test_shards.py).
     """
     import torch
 
