@@ -1,7 +1,7 @@
 """Sharded data-parallel steps (`--shard i/n` + merge) write what one unsharded run writes, byte for byte.
 
 On the tiny world: S-IDs (shards fill the embeddings cache, the merge only quantises) and prompts (shards write their
-chunks of users, the merge links them and writes the auxiliary tasks and the card). The near-line job's shards and
+chunks of users with their auxiliary tasks, the merge links them and writes the card). The near-line job's shards and
 the candidate store's staged snapshots are in tests/serve/test_store.py and tests/pipeline/test_airflow.py.
 """
 
