@@ -178,7 +178,8 @@ def serving_prompts(params: Params, sources: PromptSources, user_ids: np.ndarray
 
 def run_build_prompts(params: Params, shard: Shard | None = None) -> dict:
     """Build the datasets into prompts.out_dir; with `shard` (i/n), only that shard's chunks of users, into a parts
-    folder beside it that `merge_prompts` turns into prompts.out_dir (the same bytes as one unsharded run)."""
+    folder beside it that `leadre.prompts.card.merge_prompts` turns into prompts.out_dir (the same bytes as one
+    unsharded run)."""
     started = time.perf_counter()
     out_dir = params.path(params.prompts.out_dir)
     if shard is not None:
