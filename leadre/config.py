@@ -176,6 +176,8 @@ class RqVaeParams(_Section):
 
 class SidsParams(_Section):
     encoder: str
+    # bfloat16 runs the encoder's weights in bf16 (AMX / AVX-512 BF16 CPUs, GPUs): faster, vectors not bit-equal
+    encoder_dtype: Literal["float32", "bfloat16"] = "float32"
     batch_size: int = Field(gt=0)
     method: Literal["rq_kmeans", "rq_vae"]
     levels: int = Field(ge=1, le=8)

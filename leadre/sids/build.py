@@ -167,7 +167,8 @@ def _read_ads(params: Params) -> _Ads:
 
 def _embed(params: Params, texts: list[str]) -> EmbeddingResult:
     sids = params.sids
-    return embed_texts(texts, sids.encoder, sids.batch_size, params.path(sids.embeddings_cache), base=params.root)
+    return embed_texts(texts, sids.encoder, sids.batch_size, params.path(sids.embeddings_cache), base=params.root,
+                       dtype=sids.encoder_dtype)
 
 
 def log_to_mlflow(report: dict[str, Any]) -> bool:
@@ -271,7 +272,7 @@ def merge_sids(params: Params, shards: int) -> dict[str, Any]:
 def _check_same_encoder(params: Params, meta: dict) -> None:
     """Frozen codebooks only make sense in the embedding space they were fitted in."""
     folder = resolve_encoder_dir(params.sids.encoder, params.root)
-    current = encoder_fingerprint(params.sids.encoder, folder)
+    current = encoder_fingerprint(params.sids.encoder, folder, params.sids.encoder_dtype)
     if current != meta.get("encoder_id"):
         raise ConfigError(f"sids.encoder is {params.sids.encoder!r} (id {current}) but the codebooks in "
                           f"{params.path(params.sids.out_dir)} were fitted with {meta.get('encoder')!r} "

@@ -61,9 +61,10 @@ def resolve_encoder_dir(spec: str, base: Path | None = None) -> Path:
     return folder
 
 
-def encoder_fingerprint(spec: str, folder: Path) -> str:
-    """Identity of the encoder's weights: replacing the model in the same folder must invalidate the cache."""
-    digest = hashlib.sha256(spec.encode())
+def encoder_fingerprint(spec: str, folder: Path, dtype: str = "float32") -> str:
+    """Identity of the encoder's weights and the precision they run in: replacing the model in the same folder, or
+    running it in bf16, must not reuse the cache. float32 adds nothing, so its ids predate the dtype setting."""
+    digest = hashlib.sha256(spec.encode() + (b"" if dtype == "float32" else f"\0{dtype}".encode()))
     digest.update((folder / "config.json").read_bytes())
     for name in WEIGHT_FILES:
         weights = folder / name
@@ -94,17 +95,20 @@ def _max_tokens(folder: Path, tokenizer) -> int:
 
 
 @lru_cache(maxsize=2)
-def _load(folder: str):
-    """Tokenizer + model, loaded once per process: build and assign in one process share them."""
+def _load(folder: str, dtype: str = "float32"):
+    """Tokenizer + model in `dtype`, loaded once per process: build and assign in one process share them."""
+    import torch
     from transformers import AutoModel, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    model = AutoModel.from_pretrained(folder, local_files_only=True).eval()
+    model = AutoModel.from_pretrained(folder, local_files_only=True).eval().to(getattr(torch, dtype))
     return tokenizer, model, _max_tokens(Path(folder), tokenizer)
 
 
-def encode_texts(folder: Path, texts: list[str], batch_size: int, progress_bar=None) -> np.ndarray:
-    """Embed `texts` (float32, L2-normalised rows) with the encoder in `folder`; rows come back in input order.
+def encode_texts(folder: Path, texts: list[str], batch_size: int, progress_bar=None,
+                 dtype: str = "float32") -> np.ndarray:
+    """Embed `texts` (float32, L2-normalised rows) with the encoder in `folder`, its weights in `dtype`; rows come
+    back in input order.
 
     A batch holds texts of one token length only, so nothing is padded: a padded batch's matrix shapes change the
     summation order inside the kernels, and a text's vector then differs in the last bits with the texts encoded
@@ -116,7 +120,7 @@ def encode_texts(folder: Path, texts: list[str], batch_size: int, progress_bar=N
     """
     import torch
 
-    tokenizer, model, max_tokens = _load(str(folder))
+    tokenizer, model, max_tokens = _load(str(folder), dtype)
     out = np.empty((len(texts), model.config.hidden_size), dtype=np.float32)
     if not texts:
         return out
@@ -130,7 +134,7 @@ def encode_texts(folder: Path, texts: list[str], batch_size: int, progress_bar=N
                 rows = same_length[start:start + batch_size]
                 input_ids = torch.tensor([token_ids[i] for i in rows])
                 hidden = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids)).last_hidden_state
-                out[rows] = torch.nn.functional.normalize(hidden.mean(1), p=2, dim=1).numpy()
+                out[rows] = torch.nn.functional.normalize(hidden.float().mean(1), p=2, dim=1).numpy()
                 if progress_bar is not None:
                     progress_bar.update(len(rows))
     return out
@@ -205,7 +209,7 @@ class EmbeddingResult:
 
 
 def _encode_into_cache(folder: Path, texts: list[str], digests: np.ndarray, batch_size: int, cache: EmbeddingCache,
-                       progress: bool) -> np.ndarray:
+                       progress: bool, dtype: str) -> np.ndarray:
     """Encode in chunks, each added to the cache as soon as it is done: an interrupted run over many ads (tens of
     minutes on CPU) resumes where it stopped instead of starting over."""
     from leadre.runtime import progress as progress_bar
@@ -213,17 +217,18 @@ def _encode_into_cache(folder: Path, texts: list[str], digests: np.ndarray, batc
     vectors = []
     with progress_bar(len(texts), "encode ads", "text", enabled=progress and len(texts) > batch_size) as bar:
         for start in range(0, len(texts), CACHE_FLUSH_TEXTS):
-            chunk = encode_texts(folder, texts[start:start + CACHE_FLUSH_TEXTS], batch_size, bar)
+            chunk = encode_texts(folder, texts[start:start + CACHE_FLUSH_TEXTS], batch_size, bar, dtype)
             cache.add(digests[start:start + CACHE_FLUSH_TEXTS], chunk)
             vectors.append(chunk)
     return np.concatenate(vectors)
 
 
 def embed_texts(texts: list[str], spec: str, batch_size: int, cache_dir: Path, base: Path | None = None,
-                progress: bool = True) -> EmbeddingResult:
-    """Embed texts through the cache: only texts never seen by this encoder are encoded, each distinct one once."""
+                progress: bool = True, dtype: str = "float32") -> EmbeddingResult:
+    """Embed texts through the cache: only texts never seen by this encoder (in this dtype) are encoded, each
+    distinct one once."""
     folder = resolve_encoder_dir(spec, base)
-    encoder_id = encoder_fingerprint(spec, folder)
+    encoder_id = encoder_fingerprint(spec, folder, dtype)
     if not texts:
         return EmbeddingResult(np.empty((0, 0), dtype=np.float32), 0, 0, encoder_id)
     cache = EmbeddingCache(cache_dir / encoder_id)
@@ -236,7 +241,7 @@ def embed_texts(texts: list[str], spec: str, batch_size: int, cache_dir: Path, b
     fresh = None
     if len(missing):
         fresh = _encode_into_cache(folder, [texts[first_row[i]] for i in missing], unique[missing], batch_size,
-                                   cache, progress)
+                                   cache, progress, dtype)
     dim = (fresh if fresh is not None else cached_vectors).shape[1]
     unique_vectors = np.empty((len(unique), dim), dtype=np.float32)
     if found.any():

@@ -200,6 +200,23 @@ def test_embedding_cache_encodes_only_new_texts(tmp_path, validated):
     assert run_build_sids(params)["encoded_texts"] == 1
 
 
+def test_bfloat16_encoder_is_close_to_float32_and_cached_apart(built, tmp_path):
+    """`sids.encoder_dtype: bfloat16` (issue 14's faster S-IDs): vectors within cosine 0.999 of float32's, under
+    their own encoder id, so a float32 run never reads bf16 vectors from the cache (nor the other way round)."""
+    params, _, _ = built
+    texts = ad_texts(ads_of(params).sort_values("ad_id"))[:120]
+    sids, cache = params.sids, tmp_path / "embeddings"
+    exact = embed_texts(texts, sids.encoder, sids.batch_size, cache)
+    fast = embed_texts(texts, sids.encoder, sids.batch_size, cache, dtype="bfloat16")
+    assert fast.encoded == exact.encoded > 0 and fast.encoder_id != exact.encoder_id
+    assert fast.vectors.dtype == np.float32
+    cosine = (exact.vectors * fast.vectors).sum(axis=1)
+    assert cosine.min() >= 0.999
+    assert not np.array_equal(exact.vectors, fast.vectors)  # really ran in bf16
+    again = embed_texts(texts, sids.encoder, sids.batch_size, cache)
+    assert again.encoded == 0 and np.array_equal(again.vectors, exact.vectors)
+
+
 def test_cache_lookup_across_shards_with_a_text_cached_twice(tmp_path):
     """Two processes may cache the same text; lookups still return each digest's own vector."""
     keys = text_digests("encoder", ["a", "b", "c"])
