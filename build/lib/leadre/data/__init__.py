@@ -1,1 +1,0 @@
-"""Raw data → validated data: contracts, the generated ad world, import of real logs, validation."""

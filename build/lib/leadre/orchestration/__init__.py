@@ -1,1 +1,0 @@
-"""Running pipeline steps somewhere other than the local process: Kubernetes pods for Airflow (see pods.py)."""

@@ -1,1 +1,0 @@
-"""Prompts → SFT model → DPO model: the model factory, the TRL trainers and their MLflow tracking."""
