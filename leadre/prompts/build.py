@@ -12,8 +12,8 @@
 Each folder holds Parquet parts, one per chunk of about `users_per_chunk` users (sft/train also `part-aux-<chunk>`,
 the chunk's auxiliary tasks): chunks are built concurrently by `workers` threads and memory stays bounded at any
 number of users. A user's chunk is a stable hash of the user id (leadre/sharding.py), so `--shard i/n` builds the
-chunks i, i + n, … into `<out_dir>.shards/` and `leadre.prompts.card.merge_prompts` links them into out_dir and writes the card: the
-same bytes as one unsharded run.
+chunks i, i + n, … into `<out_dir>.shards/`, and `leadre.prompts.card.merge_prompts` links them into out_dir and
+writes the card: the same bytes as one unsharded run.
 """
 
 from __future__ import annotations
