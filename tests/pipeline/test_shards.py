@@ -110,7 +110,8 @@ def test_cli_shard_and_merge(tmp_path, validated):
     assert bad.returncode == 1 and "need 0 <= i < n" in bad.stderr
     # the merge is a light process: it links parts and writes the card, importing none of the table libraries
     code = ("import sys; from leadre.cli import app; sys.argv = ['leadre', *sys.argv[1:]]\n"
-            "try: app()\nfinally: print(sorted(m for m in ('pandas', 'pyarrow', 'scipy', 'torch') if m in sys.modules))")
+            "try: app()\n"
+            "finally: print(sorted(m for m in ('pandas', 'pyarrow', 'scipy', 'torch') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code, *leadre[3:], "prompts", "build", "--merge", "2"],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
