@@ -33,6 +33,10 @@ def quiet_library_bars() -> None:
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
+# Progress outside a terminal: a line every 10 s reads as alive without filling the log (training uses it too).
+LINE_EVERY_SECONDS = 10.0
+
+
 class _ProgressLines:
     """tqdm's `update` for logs: one line every `every_seconds` with the count, the rate and the time left,
     instead of a bar redrawn with carriage returns that a file keeps as one endless line."""
@@ -69,7 +73,8 @@ class _ProgressLines:
         return None
 
 
-def progress(total: int, desc: str, unit: str = "it", enabled: bool = True, every_seconds: float = 10.0, clock=None):
+def progress(total: int, desc: str, unit: str = "it", enabled: bool = True, every_seconds: float = LINE_EVERY_SECONDS,
+             clock=None):
     """A tqdm bar at a terminal, a log line every `every_seconds` elsewhere; a silent one when not `enabled`."""
     if interactive() or not enabled:
         from tqdm.auto import tqdm

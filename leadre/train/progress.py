@@ -3,7 +3,7 @@
 The trainer's own reporting is made for a terminal: tqdm bars redrawn with carriage returns and every logged dict
 printed raw (`{'loss': '6.502', 'grad_norm': ...}`, hundreds per run). In a log file, `kubectl logs` or an Airflow
 task log that is unreadable. So outside a terminal the bars are off and the logging steps become one line every
-`EVERY_SECONDS` or so (the first step, each evaluation and the end always get theirs):
+`LINE_EVERY_SECONDS` (leadre/runtime.py) or so (the first step, each evaluation and the end always get theirs):
 
     sft step 120/6278 loss 2.31 lr 2.9e-03 14.8k tok/s eta 9m
 
@@ -23,10 +23,9 @@ from typing import Any
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-from leadre.runtime import interactive
+from leadre.runtime import LINE_EVERY_SECONDS, interactive
 
 log = logging.getLogger("leadre.train")
-EVERY_SECONDS = 10.0  # as leadre.runtime.progress's lines
 
 
 def quiet_libraries() -> None:
@@ -80,7 +79,7 @@ class ProgressLines(TrainerCallback):
     """Lines for the logging steps (one every `every_seconds` at most), each evaluation and the end of training, from
     the main process only."""
 
-    def __init__(self, step: str, every_seconds: float = EVERY_SECONDS, clock=time.perf_counter) -> None:
+    def __init__(self, step: str, every_seconds: float = LINE_EVERY_SECONDS, clock=time.perf_counter) -> None:
         self.step, self.every, self.clock = step, every_seconds, clock
         self.started = 0.0
         self.first_step = 0
