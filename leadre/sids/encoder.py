@@ -94,11 +94,25 @@ def _max_tokens(folder: Path, tokenizer) -> int:
     return int(declared) if declared and declared < 10 * FALLBACK_MAX_TOKENS else FALLBACK_MAX_TOKENS
 
 
+def native_bf16_cpu(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool | None:
+    """Whether this CPU has bf16 matrix instructions (AMX or AVX-512 BF16); None where /proc/cpuinfo cannot tell."""
+    try:
+        flags = next((line for line in cpuinfo.read_text().splitlines() if line.startswith("flags")), "").split()
+    except OSError:
+        return None
+    return bool({"amx_bf16", "avx512_bf16"} & set(flags)) if flags else None
+
+
 @lru_cache(maxsize=2)
 def _load(folder: str, dtype: str = "float32"):
     """Tokenizer + model in `dtype`, loaded once per process: build and assign in one process share them."""
     import torch
     from transformers import AutoModel, AutoTokenizer
+
+    if dtype == "bfloat16" and native_bf16_cpu() is False:
+        # measured on an AVX2-only EPYC: 12 texts/s against float32's 72 (one thread); on AMX bf16 was 2.6x faster
+        log.warning("sids.encoder_dtype bfloat16 on a CPU without AMX or AVX-512 BF16: expect it to be several "
+                    "times slower than float32 (docs/sids.md, \"Encoder precision\")")
 
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     model = AutoModel.from_pretrained(folder, local_files_only=True).eval().to(getattr(torch, dtype))
