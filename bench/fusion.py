@@ -2,8 +2,8 @@
 
 Reads the seed folders a kept `python -m bench.quality --work DIR` left (each with its trained candidate). For every
 seed and split it generates the candidate's lists once and fits every ID baseline, then scores each point of a grid
-of fusion settings by NDCG@10: both methods of leadre/decode/fusion.py, the mixture (LLM weight against item-KNN's,
-the LLM's temperature) and RRF (LLM and SASRec weights against item-KNN's 1, the rank constant). The setting with the
+of fusion settings by NDCG@10: both methods of leadre/decode/fusion.py, the mixture (the LLM's weight against the ID
+channels', SASRec's part of theirs, the LLM's temperature) and RRF (LLM and SASRec weights against item-KNN's 1, the rank constant). The setting with the
 best median valid NDCG@10 over seeds is the choice, for each method; only then is the test split looked at, for
 those choices and for params.yaml's current one, as each seed's ratio to the best ID baseline (median and range over
 seeds). Choosing on test would flatter the row.
@@ -23,12 +23,14 @@ from bench.quality import HEADLINE
 LLM_WEIGHTS = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 SASREC_WEIGHTS = (0.0, 0.25, 0.5, 1.0)  # relative to item-KNN's 1.0
 RANK_CONSTANTS = (2, 5, 10, 20, 60)
-LLM_SHARES = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # the mixture: the LLM's weight, the fusion channel's the rest of 1
+LLM_SHARES = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # the mixture: the LLM's weight; the ID channels share the rest of 1
+SASREC_SHARES = (0.0, 0.25, 0.5)  # the mixture: SASRec's part of the ID channels' share, item-KNN's the rest
 TEMPERATURES = (1.0, 1.5, 2.0, 3.0)
+SETTING_KEYS = ("method", "rank_constant", "temperature")  # a setting's other keys are channels' weights
 REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
 
-def lists_of(seed_dir: Path, split: str) -> dict:
+def lists_of(seed_dir: Path, split: str, overrides: dict | None = None) -> dict:
     """The candidate's and every baseline's top-`depth` lists for one split (with the LLM's scores and each
     baseline's shares, what the mixture reads), with what scoring them needs."""
     from leadre.config import load_params, read_params_file
@@ -39,8 +41,8 @@ def lists_of(seed_dir: Path, split: str) -> dict:
     seed = int(seed_dir.name.split("-")[1])  # as bench.quality seeded it: SASRec's seed too
     # the kept run's models and settings, with this checkout's fusion settings (the run may predate them)
     fusion = read_params_file(REPO_PARAMS)["fusion"]
-    params = load_params(seed_dir / "params.yaml", {"evaluate.split": split, "evaluate.baselines.sasrec.seed": seed,
-                                                    "fusion": fusion})
+    params = load_params(seed_dir / "params.yaml", {**(overrides or {}), "evaluate.split": split,
+                                                    "evaluate.baselines.sasrec.seed": seed, "fusion": fusion})
     set_cpu_threads(params.model.cpu_threads)
     data = load_eval_set(params)
     gen, depth = params.decode, params.fusion.depth
@@ -62,13 +64,13 @@ def fused(lists: dict, setting: dict, k: int = 50) -> np.ndarray:
     """The lists merged under one grid setting (leadre.decode.fusion, any number of channels)."""
     from leadre.decode.fusion import mixture_fusion, reciprocal_rank_fusion, softmax_shares
 
-    depth, channel = lists["params"].fusion.depth, lists["params"].fusion.channel
+    depth = lists["params"].fusion.depth
+    weights = {name: w for name, w in setting.items() if name not in SETTING_KEYS and w}
     if setting["method"] == "mixture":
         llm = softmax_shares(lists["llm_scores"], setting["temperature"], depth)
-        return mixture_fusion([(lists["llm"], llm, setting["llm"]),
-                               (lists["channels"][channel], lists["shares"][channel], 1 - setting["llm"])],
+        return mixture_fusion([(lists["llm"], llm, weights.pop("llm", 0.0))]
+                              + [(lists["channels"][name], lists["shares"][name], w) for name, w in weights.items()],
                               k, depth)[0]
-    weights = {name: w for name, w in setting.items() if name not in ("method", "rank_constant") and w}
     channels = [(lists["llm"] if name == "llm" else lists["channels"][name], w) for name, w in weights.items()]
     return reciprocal_rank_fusion(channels, k, setting["rank_constant"], depth)[0]
 
@@ -87,17 +89,23 @@ def score(lists: dict, ids: np.ndarray) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.fusion", description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True, help="a kept bench.quality --work folder")
+    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[],
+                        help="a param override for every seed's run, e.g. model.cpu_threads=1 (as bench.quality's)")
     args = parser.parse_args()
+    from leadre.config import parse_overrides
+
+    overrides = parse_overrides(args.overrides)
     seeds = sorted(args.work.glob("seed-*"))
     if not seeds:
         raise SystemExit(f"bench.fusion: no seed-* folders in {args.work}")
-    by_seed = {s.name: {split: lists_of(s, split) for split in ("valid", "test")} for s in seeds}
+    by_seed = {s.name: {split: lists_of(s, split, overrides) for split in ("valid", "test")} for s in seeds}
     for split in ("valid", "test"):  # where each channel stands alone: the weights can only trade these off
         alone = {name: [score(seed[split], seed[split]["llm"] if name == "llm" else seed[split]["channels"][name])
                         ["ndcg@10"] for seed in by_seed.values()] for name in ("llm", *lists_names(by_seed))}
         print(f"{split}, NDCG@10 alone (median over seeds): "
               + ", ".join(f"{name} {np.median(v):.4f}" for name, v in alone.items()))
-    grid = ([{"method": "mixture", "llm": a, "temperature": t} for a, t in itertools.product(LLM_SHARES, TEMPERATURES)]
+    grid = ([{"method": "mixture", "llm": a, "itemknn": round((1 - a) * (1 - s), 4), "sasrec": round((1 - a) * s, 4),
+              "temperature": t} for a, s, t in itertools.product(LLM_SHARES, SASREC_SHARES, TEMPERATURES)]
             + [{"method": "rrf", "llm": w, "itemknn": 1.0, "sasrec": s, "rank_constant": c}
                for w, s, c in itertools.product(LLM_WEIGHTS, SASREC_WEIGHTS, RANK_CONSTANTS)])
 
@@ -111,7 +119,8 @@ def main() -> None:
         print(f"  {value:.4f}  {setting}")
     fusion = by_seed[seeds[0].name]["test"]["params"].fusion
     total = fusion.llm_weight + fusion.channel_weight
-    current = ({"method": "mixture", "llm": fusion.llm_weight / total, "temperature": fusion.temperature}
+    current = ({"method": "mixture", "llm": round(fusion.llm_weight / total, 4), "itemknn": 0.0, "sasrec": 0.0,
+                fusion.channel: round(fusion.channel_weight / total, 4), "temperature": fusion.temperature}
                if fusion.method == "mixture" else
                {"method": "rrf", "llm": fusion.llm_weight, "itemknn": 0.0, "sasrec": 0.0,
                 fusion.channel: fusion.channel_weight, "rank_constant": fusion.rank_constant})
