@@ -3,10 +3,10 @@
 Reads the seed folders a kept `python -m bench.quality --work DIR` left (each with its trained candidate). For every
 seed and split it generates the candidate's lists once and fits every ID baseline, then scores each point of a grid
 of fusion settings by NDCG@10: both methods of leadre/decode/fusion.py, the mixture (the LLM's weight against the ID
-channels', SASRec's part of theirs, the LLM's temperature) and RRF (LLM and SASRec weights against item-KNN's 1, the rank constant). The setting with the
-best median valid NDCG@10 over seeds is the choice, for each method; only then is the test split looked at, for
-those choices and for params.yaml's current one, as each seed's ratio to the best ID baseline (median and range over
-seeds). Choosing on test would flatter the row.
+channels', SASRec's part of theirs, the LLM's temperature) and RRF (LLM and SASRec weights against item-KNN's 1, the
+rank constant). The setting with the best median valid NDCG@10 over seeds is the choice, for each method; only then
+is the test split looked at, for those choices and for params.yaml's current one, as each seed's ratio to the best
+ID baseline (median and range over seeds). Choosing on test would flatter the row.
 """
 
 from __future__ import annotations
