@@ -5,7 +5,8 @@ files a bundle carries:
     <bundle>/                       sft.out_dir, dpo.out_dir, a registered model's `bundle` artifact
       config.json, *.safetensors    the weights (transformers' save_pretrained)
       tokenizer files               the tokenizer, S-ID tokens included
-      leadre_model.json             provenance and metrics (META_FILE)
+      leadre_model.json             step, base model, final metrics (META_FILE): only what the inputs determine,
+                                    no run id or wall time, since DVC hashes the folder
       response_counts.parquet       ad_id, responses: how often each ad was the answer of a main-task training
                                     pair (RESPONSE_COUNTS_FILE; SFT writes it, DPO carries it): the p_train of
                                     the popularity-shift correction (leadre/decode/prior.py)

@@ -176,11 +176,18 @@ def main_process_run(params: Params, step: str, inputs: dict[str, Path]) -> Iter
         yield None
 
 
+# Metrics of the machine's speed, not of the model: MLflow records them (`final.train_seconds`), while the bundle and
+# the DVC metrics file, which DVC hashes, hold only what the inputs determine. A rerun that trains the same weights
+# then leaves both byte-identical, and `dvc repro` does not re-run DPO, evaluation, the gate and promotion for it.
+WALL_CLOCK_METRICS = frozenset({"train_seconds", "train_tokens_per_second"})
+
+
 def finish_on_main(params: Params, cfg: _TrainerParams, step: str, final, tokenizer, meta: dict[str, Any],
                    metrics: dict[str, float], arguments: Any = None, response_counts: pd.Series | None = None) -> None:
     """Rank 0's writes at the end of a step: the bundle (with the main-task response counts the model learned
     from), the run's final metrics and model, the DVC metrics file, and the trainer's full `arguments` as the run's
-    training_arguments.json."""
+    training_arguments.json. The run logs the bundle, so the run leads to the model; the bundle names no run (a run
+    id differs on every rerun, and DVC hashes the bundle)."""
     import mlflow
 
     from leadre.tracking import log_training_arguments
@@ -189,8 +196,9 @@ def finish_on_main(params: Params, cfg: _TrainerParams, step: str, final, tokeni
         log_training_arguments(arguments)
 
     target = params.path(cfg.out_dir)
+    reproducible = {k: v for k, v in metrics.items() if k not in WALL_CLOCK_METRICS}
     save_bundle(params, final, tokenizer, target, {"step": step, "base_model": params.model.base_model, **meta,
-                                                   "metrics": metrics}, response_counts)
+                                                   "metrics": reproducible}, response_counts)
     mlflow.log_metrics({f"final.{k}": v for k, v in metrics.items()})
     log_bundle(params, target)
-    log_metrics_file(params.path(cfg.metrics_file), metrics)
+    log_metrics_file(params.path(cfg.metrics_file), reproducible)

@@ -76,7 +76,7 @@ def run_dpo(params: Params, resume: bool = False) -> dict[str, Any]:
                 metrics.update({f"dpo_{k}": v for k, v in after.items()})
         if run is not None:
             common.finish_on_main(params, cfg, "dpo", final, tokenizer, {
-                "run_id": run.info.run_id, "lora_merged": use_lora, "beta": cfg.beta, "loss_type": cfg.loss_type},
+                "lora_merged": use_lora, "beta": cfg.beta, "loss_type": cfg.loss_type},
                 metrics, trainer.args, response_counts=read_response_counts(sft_dir))  # the SFT model's prior
     processes.finish()
     return metrics

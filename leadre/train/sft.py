@@ -113,7 +113,6 @@ def run_sft(params: Params, resume: bool = False) -> dict[str, Any]:
         if run is not None:
             final = trainer.model.merge_and_unload() if use_lora else trainer.model
             common.finish_on_main(params, cfg, "sft", final, tokenizer, {
-                "run_id": run.info.run_id, "lora_merged": use_lora, "sid_tokens": len(sid_tokens)}, metrics, trainer.args,
-                response_counts=responses)
+                "lora_merged": use_lora, "sid_tokens": len(sid_tokens)}, metrics, trainer.args, response_counts=responses)
     processes.finish()
     return metrics

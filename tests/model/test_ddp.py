@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from leadre.tracking import RETRAIN_TAG, tracking_uri
 from leadre.train.checkpointing import COMPLETE_MARKER
@@ -55,8 +56,9 @@ def test_two_processes_train_one_model_and_only_rank_0_writes(tmp_path, prepared
     assert steps == ["retrain", "sft"]
     run = next(run for run in runs if run.data.tags["leadre.step"] == "sft")
     assert run.data.params["leadre.processes"] == "2"
-    meta = json.loads((params.path(params.sft.out_dir) / "leadre_model.json").read_text())
-    assert meta["run_id"] == run.info.run_id
+    logged = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="model/leadre_model.json",
+                                                 dst_path=str(tmp_path / "logged"))
+    assert Path(logged).read_text() == (params.path(params.sft.out_dir) / "leadre_model.json").read_text()
     assert json.loads(params.path(params.sft.metrics_file).read_text())["global_step"] == 10
 
     # the step's summary once (rank 1 exits without one), progress as lines rather than dicts and redraws

@@ -16,7 +16,15 @@ def _weights_digest(folder) -> str:
     return hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
 
 
+def _file_digests(folder) -> dict[str, str]:
+    """Every file of a folder by relative path: what DVC hashes a directory output from."""
+    return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
 def test_same_params_and_seed_train_the_same_model(trained, prepared_data, tmp_path):
+    """And write byte-identical outputs: DVC hashes the model folder and the metrics file, so a run id, wall time or
+    path inside either would make `dvc repro` re-run DPO, evaluation, the gate and promotion after every SFT rerun."""
     from leadre.train.sft import run_sft
 
     params, first, _ = trained
@@ -25,6 +33,8 @@ def test_same_params_and_seed_train_the_same_model(trained, prepared_data, tmp_p
     for metric in ("train_loss", "eval_loss", "global_step"):
         assert second[metric] == first[metric], metric
     assert _weights_digest(again.path(again.sft.out_dir)) == _weights_digest(params.path(params.sft.out_dir))
+    assert _file_digests(again.path(again.sft.out_dir)) == _file_digests(params.path(params.sft.out_dir))
+    assert again.path(again.sft.metrics_file).read_text() == params.path(params.sft.metrics_file).read_text()
 
 
 def test_another_seed_trains_another_model(trained, prepared_data, tmp_path):
