@@ -89,6 +89,15 @@ def test_changing_a_param_reruns_only_what_depends_on_it(clone: Path):
     assert "Stage 'sids' didn't change" in out and "Stage 'prompts' didn't change" in out
 
 
+def test_an_sft_rerun_with_the_same_weights_reruns_nothing_after_it(clone: Path):
+    # before: the model folder named its MLflow run and wall time, so its hash changed on every rerun and DVC re-ran
+    # DPO, evaluation, the gate and promotion for a model it already had
+    _run(clone, "dvc", "repro")
+    assert "Running stage 'sft'" in _run(clone, "dvc", "repro", "--force", "--single-item", "sft")
+    out = _run(clone, "dvc", "repro")
+    assert "Stage 'dpo' didn't change" in out and "Running stage" not in out
+
+
 def test_push_to_the_default_local_remote_and_track_imported_data(clone: Path):
     _run(clone, "dvc", "repro")
     _run(clone, "dvc", "push")
