@@ -195,10 +195,13 @@ def _train_cutoffs(log: EventLog, e: _Engagements, train_end: np.ndarray, params
     candidates = np.flatnonzero(is_click & (e_ts < train_end) & (history >= params.min_history_events))
     # A user's first `max_train_cutoffs_per_user` clicks in this order are drawn: exponential keys make it a weighted
     # sample without replacement (Efraimidis-Spirakis), weight 2^(-age / half-life); uniform without a half-life.
+    # The keys are compared as logarithms: 2^(age / half-life) overflows to inf past ~40 years at 14 days (an
+    # imported log), and ties of inf would draw the oldest clicks first
     draw = rng.random(len(candidates))
     if params.train_cutoff_half_life_days:
         age_days = (train_end[candidates] - e_ts[candidates]) / MS_PER_DAY
-        draw = -np.log1p(-draw) * np.exp2(age_days / params.train_cutoff_half_life_days)
+        with np.errstate(divide="ignore"):  # a draw of exactly 0 is key -inf: drawn first, as its key 0 was
+            draw = np.log(-np.log1p(-draw)) + np.log(2.0) * age_days / params.train_cutoff_half_life_days
     kept = keep[e_user[candidates]]  # after the draw: every candidate consumes its number, kept or not
     candidates, draw = candidates[kept], draw[kept]
     order = np.lexsort((draw, e_user[candidates]))

@@ -370,3 +370,23 @@ def test_the_newest_ad_engagements_are_kept_before_other_events(tmp_path, ad_eve
     run_build_prompts(params)
     test = _sft(params, "test")
     assert test[test["user_id"] == 1]["prompt"].iloc[0][0]["content"].split("\n")[2] == recent
+
+
+def test_a_cutoff_half_life_prefers_recent_clicks_even_decades_back(tmp_path):
+    """An imported log can reach back decades: 2^(age / half-life) overflowed to inf there, every old click tied, and
+    the oldest were drawn first, the opposite of the half-life's intent. Clicks a year apart differ in weight by 2^26
+    at a 14-day half-life: the newest are the ones drawn."""
+    from leadre.prompts.pairs import EventLog, _engagements, _train_cutoffs
+
+    params = write_params(tmp_path, {"prompts.train_cutoff_half_life_days": 14.0,
+                                     "prompts.max_train_cutoffs_per_user": 3, "prompts.min_history_events": 1})
+    clicks, year_ms = 12, 365 * 86_400_000
+    ts = np.array([pd.Timestamp("1960-01-01").value // 1_000_000 + i * year_ms for i in range(clicks)])
+    zeros = np.zeros(clicks, dtype=np.int64)
+    log = EventLog(user=zeros, ts=ts, action=zeros, obj=np.arange(clicks), category=zeros,
+                   actions=np.array(["click_ad"]), categories=np.array(["retail"]), user_start=np.array([0, clicks]))
+    engagements = _engagements(log)
+    train_end = np.full(clicks, pd.Timestamp("2026-01-01").value // 1_000_000)
+    _, cutoffs, _, _ = _train_cutoffs(log, engagements, train_end, params.prompts, np.random.default_rng(0),
+                                      np.ones(1, dtype=bool))
+    assert list(cutoffs) == list(ts[-3:])
