@@ -297,7 +297,7 @@ def test_reports_are_written_for_a_failure_too(workspace: Params):
 
 
 def test_duplicate_events_are_every_copy_of_a_full_identity_and_nothing_else():
-    """The duplicate-event rule's own search (GX's compound-unique check took ~50 s at 40M events) flags exactly the
+    """The duplicate-event rule's own search (GX's compound-unique check took ~70 s at 44M events) flags exactly the
     rows pandas does: every copy, and never two events that differ in one column."""
     rng = np.random.default_rng(0)
     columns = [rng.integers(low, high, 20_000) for low, high in ((0, 30), (0, 50), (-1, 3), (0, 4), (0, 5))]
