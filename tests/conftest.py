@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -19,6 +20,13 @@ def _no_leaked_tracking_uri(monkeypatch):
     """MLflow exports the last tracking URI set in this process to the environment; child processes a test starts
     (dvc, airflow, the CLI) must resolve their own params' store, as they would from a user's shell."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+def file_digests(folder: Path) -> dict[str, str]:
+    """Every file under `folder` by relative path: what DVC hashes a directory output from. A failing comparison
+    names the files that differ, not just the folder."""
+    return {str(path.relative_to(folder)): hashlib.md5(path.read_bytes()).hexdigest()
+            for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
 def write_params(root: Path, overrides: dict | None = None) -> Params:

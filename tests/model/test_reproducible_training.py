@@ -9,17 +9,11 @@ import hashlib
 
 import pytest
 
-from tests.conftest import prepared_workspace
+from tests.conftest import file_digests, prepared_workspace
 
 
 def _weights_digest(folder) -> str:
     return hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
-
-
-def _file_digests(folder) -> dict[str, str]:
-    """Every file of a folder by relative path: what DVC hashes a directory output from."""
-    return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
-            for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
 def test_same_params_and_seed_train_the_same_model(trained, prepared_data, tmp_path):
@@ -33,7 +27,7 @@ def test_same_params_and_seed_train_the_same_model(trained, prepared_data, tmp_p
     for metric in ("train_loss", "eval_loss", "global_step"):
         assert second[metric] == first[metric], metric
     assert _weights_digest(again.path(again.sft.out_dir)) == _weights_digest(params.path(params.sft.out_dir))
-    assert _file_digests(again.path(again.sft.out_dir)) == _file_digests(params.path(params.sft.out_dir))
+    assert file_digests(again.path(again.sft.out_dir)) == file_digests(params.path(params.sft.out_dir))
     assert again.path(again.sft.metrics_file).read_text() == params.path(params.sft.metrics_file).read_text()
 
 

@@ -6,12 +6,12 @@ varies with how texts were batched inside an output makes every clone (and every
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import yaml
 
+from tests.conftest import file_digests
 from tests.pipeline.test_dvc import _run, copy_repository
 
 DATA_STAGES = ("generate", "validate", "sids", "prompts")
@@ -42,12 +42,6 @@ def _out_hashes(root: Path) -> dict[str, str]:
             if out["path"] not in skipped}
 
 
-def _file_digests(root: Path, folder: str) -> dict[str, str]:
-    base = root / folder
-    return {str(p.relative_to(base)): hashlib.md5(p.read_bytes()).hexdigest()
-            for p in sorted(base.rglob("*")) if p.is_file()}
-
-
 def test_two_clones_in_different_folders_produce_identical_outputs(tmp_path: Path):
     first = _copy_repository((tmp_path / "a").resolve())
     second = _copy_repository((tmp_path / "somewhere" / "else" / "b").resolve())
@@ -57,8 +51,8 @@ def test_two_clones_in_different_folders_produce_identical_outputs(tmp_path: Pat
     assert set(hashes_first) == set(hashes_second) and len(hashes_first) >= 5
     differing = [out for out in hashes_first if hashes_first[out] != hashes_second[out]]
     # name the files that differ, not just the folder, so a failure says where the non-determinism is
-    files = {out: [name for name, digest in _file_digests(first, out.split(": ")[1]).items()
-                   if _file_digests(second, out.split(": ")[1]).get(name) != digest] for out in differing}
+    files = {out: [name for name, digest in file_digests(first / out.split(": ")[1]).items()
+                   if file_digests(second / out.split(": ")[1]).get(name) != digest] for out in differing}
     assert not differing, f"outputs differ between two clones: {files}"
     assert str(first) not in (first / "data/validated/manifest.json").read_text()
 
