@@ -362,9 +362,10 @@ class SASRecParams(BaselineParams):
     weight_decay: float = Field(0.0, ge=0)
     seed: int = 0
     device: str = "cpu"
-    # CPU threads while fitting and scoring. The ops are tiny (batch x length x hidden), so handing each one to
-    # several threads costs more than it saves: one thread was ~5x faster than two on a busy 2-core machine.
-    threads: int = Field(1, ge=1)
+    # CPU threads while fitting and scoring; 0 = the step's own (model.cpu_threads). On 2 idle cores 2 threads fit
+    # the default world in 12-14 s against 16-22 s on one, with the same lists; but on a core another process holds,
+    # tiny ops handed to 2 threads ran ~5x slower than on 1 (bench/baselines.py)
+    threads: int = Field(0, ge=0)
     fallback_half_life_days: float | None = Field(7.0, gt=0)  # popularity for users unseen at fit time
 
 
@@ -447,11 +448,11 @@ class SASRec(ScoringRecommender):
 
 @contextmanager
 def _torch_threads(n: int) -> Iterator[None]:
-    """torch's thread count is process-wide: set it for one call and put the caller's back."""
+    """torch's thread count is process-wide: set it for one call and put the caller's back (0: leave it)."""
     import torch
 
     before = torch.get_num_threads()
-    torch.set_num_threads(n)
+    torch.set_num_threads(n or before)
     try:
         yield
     finally:

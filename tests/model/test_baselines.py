@@ -179,6 +179,24 @@ def test_sasrec_is_seeded_and_leaves_torch_state_alone():
     assert other.loss_history != first.loss_history
 
 
+@pytest.mark.parametrize("threads", [0, 1])
+def test_sasrec_threads_follow_the_step_unless_set(threads):
+    """threads 0 (the default) runs on the step's own torch threads (model.cpu_threads); a number overrides it
+    for the call only."""
+    data = cyclic_sequences(10, n_users=20, seed=1)
+    model = SASRec(SASRecParams(hidden=16, layers=1, heads=1, max_len=8, epochs=1, threads=threads)).fit(data)
+    seen = []
+    model.network.register_forward_hook(lambda *_: seen.append(torch.get_num_threads()))
+    step_threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        model.recommend(np.arange(20), 5, np.arange(AD, AD + 10))
+        assert seen == [threads or 2]
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(step_threads)
+
+
 def test_sasrec_falls_back_to_popularity_for_unseen_users_and_unknown_ads():
     data = cyclic_sequences(10, n_users=40, seed=2)
     model = SASRec(SASRecParams(hidden=16, layers=1, heads=1, max_len=8, epochs=1)).fit(data)
