@@ -20,11 +20,10 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
 from leadre.config import GateParams, Params
-from leadre.evaluate import CANDIDATE
+from leadre.evaluate import CANDIDATE, SUMMARY, evaluation_run
 from leadre.io import read_json, write_json
 from leadre.registry.models import GATE_PASSED_TAG, GATE_REASONS_TAG
 
@@ -50,7 +49,7 @@ class Decision:
     guardrails: dict[str, dict[str, float]] = field(default_factory=dict)
     challenger_version: str | None = None
     registry_skipped: str | None = None  # why the candidate was not registered (see `registry_hold`)
-    decided_at: str = ""
+    # No time of decision: gate.json is a DVC output, the same for the same evaluation (the gate's MLflow run has it)
 
     def fail(self, reason: str) -> None:
         self.passed = False
@@ -118,7 +117,7 @@ def decide(methods: dict[str, dict[str, float]], lifts: Mapping[str, Any], gate:
                         lift_low=interval["low"] if interval else None,
                         lift_high=interval["high"] if interval else None,
                         confidence=interval["confidence"] if interval else None,
-                        min_relative_lift=gate.min_relative_lift, decided_at=datetime.now(timezone.utc).isoformat())
+                        min_relative_lift=gate.min_relative_lift)
 
     validity = candidate.get("validity")
     if not _finite(validity) or validity < 1.0:
@@ -196,7 +195,8 @@ def run_gate(params: Params, register: bool = True, dry_run: bool = False) -> di
     `register=False` (and any run `registry_hold` names) decides, logs and writes the decision without registering;
     `dry_run` only returns it.
     """
-    evaluation = read_json(params.path(params.evaluate.reports_dir) / "summary.json")
+    reports = params.path(params.evaluate.reports_dir)
+    evaluation = read_json(reports / SUMMARY)
     baselines = evaluation.get("baselines", ())
     decision = decide(evaluation["methods"], evaluation.get("lifts", {}), params.gate, baselines)
     if dry_run:
@@ -234,7 +234,9 @@ def run_gate(params: Params, register: bool = True, dry_run: bool = False) -> di
                     "leadre.gate_min_relative_lift": decision.min_relative_lift,
                     "leadre.gate_lift": decision.relative_lift, "leadre.gate_lift_low": decision.lift_low,
                     "leadre.gate_lift_high": decision.lift_high, "leadre.gate_lift_confidence": decision.confidence,
-                    "leadre.evaluate_run_id": evaluation.get("run_id", ""), "leadre.gate_run_id": run.info.run_id,
+                    # run.json is not a declared input: an evaluation rerun with the same results re-decides nothing
+                    "leadre.evaluate_run_id": evaluation_run(reports).get("run_id", ""),
+                    "leadre.gate_run_id": run.info.run_id,
                     "leadre.base_model": params.model.base_model,
                     **{f"metric.{mlflow_name(k)}": round(v, 6) for k, v in candidate.items() if "." not in k},
                     **{f"data.{name}.md5": dvc_md5(path) for name, path in inputs.items()}}

@@ -31,7 +31,8 @@ PERCENT = ("validity", "coverage")  # shares of lists / of the catalogue, printe
 WIDTH_PX = 1280  # the page fits a laptop screen without scrolling sideways (tests/model/test_report.py checks it)
 
 
-def write_reports(params: Params, summary: dict[str, Any], out_dir: Path) -> None:
+def write_reports(params: Params, summary: dict[str, Any], record: dict[str, Any], out_dir: Path) -> None:
+    """The plot data, PNGs and report.html of an evaluation: its `summary` and its run `record` (run.json's)."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on a worker or a pod
@@ -59,7 +60,7 @@ def write_reports(params: Params, summary: dict[str, Any], out_dir: Path) -> Non
         axis.legend()
         figure.savefig(out_dir / "tradeoff.png", dpi=100, bbox_inches="tight")
         plt.close(figure)
-    (out_dir / "report.html").write_text(_html(params, summary, out_dir), encoding="utf-8")
+    (out_dir / "report.html").write_text(_html(params, {**summary, **record}, out_dir), encoding="utf-8")
 
 
 _STYLES = ("-", "--", "-.", ":")
@@ -169,8 +170,7 @@ def run_provenance(params: Params, run: Any) -> dict[str, Any]:
         snapshot = params.data.snapshot_time.isoformat()
     except Exception as err:  # the report still says what it can; the data's snapshot is one field of many
         snapshot = f"unknown ({err})"
-    # the store as configured, not resolved: summary.json is a DVC output, and a path resolved against this clone's
-    # folder would make every clone's output differ
+    # the store as configured, not resolved against this clone's folder: the report names the store a reader opens
     store = USER_TRACKING_URI or params.tracking.tracking_uri
     return {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id, "tracking_uri": store,
             "retrain_id": tags.get("leadre.retrain_id", ""), "commit": tags.get("mlflow.source.git.commit", ""),

@@ -20,7 +20,7 @@ import pandas as pd
 
 from leadre.config import Params
 from leadre.data.tables import read_tables
-from leadre.evaluate import CANDIDATE
+from leadre.evaluate import CANDIDATE, RUN_RECORD, SUMMARY
 from leadre.evaluate import metrics as m
 from leadre.evaluate.bootstrap import paired_lift
 from leadre.evaluate.baselines import ad_engagements, engaged_ads, make_baseline
@@ -230,13 +230,12 @@ def run_evaluate(params: Params) -> dict[str, Any]:
         summary = {"split": ev.split, "users": int(len(data.user_ids)), "cutoff": str(data.cutoff),
                    "champion_version": champion.version if champion else None, "methods": methods,
                    "baselines": baseline_names,  # the gate's reference set when there is no champion
-                   "lifts": lifts, "seconds": timings, "tradeoff": tradeoff}
+                   "lifts": lifts, "tradeoff": tradeoff}
         from leadre.evaluate.report import run_provenance, write_reports
 
-        summary["run_id"] = run.info.run_id
-        summary["provenance"] = run_provenance(params, run)
+        record = {"run_id": run.info.run_id, "provenance": run_provenance(params, run), "seconds": timings}
         out_dir = params.path(ev.reports_dir)
-        write_reports(params, summary, out_dir)
+        write_reports(params, summary, record, out_dir)
         log.info("evaluate: report %s", out_dir / "report.html")
         # DVC metrics (`dvc metrics show`, `dvc exp show`): the headline only; summary.json keeps every metric
         from leadre.evaluate.gate import headline_metrics
@@ -251,5 +250,6 @@ def run_evaluate(params: Params) -> dict[str, Any]:
                                 for ref, by_metric in by_reference.items() for metric, value in by_metric.items()
                                 for end in ("lift", "low", "high") if np.isfinite(value[end])})
         mlflow.log_artifacts(str(out_dir), artifact_path="evaluation")
-    write_json(out_dir / "summary.json", summary)
+    write_json(out_dir / RUN_RECORD, record)
+    write_json(out_dir / SUMMARY, summary)
     return summary

@@ -54,7 +54,9 @@ def fallback_baseline(params: Params) -> str:
     from leadre.evaluate.gate import best_baseline
     from leadre.io import read_json
 
-    path = params.path(params.evaluate.reports_dir) / "summary.json"
+    from leadre.evaluate import SUMMARY
+
+    path = params.path(params.evaluate.reports_dir) / SUMMARY
     if not path.exists():
         return FALLBACK_DEFAULT
     summary = read_json(path)

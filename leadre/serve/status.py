@@ -1,7 +1,7 @@
 """`leadre status`: where a retrain left things, in a few lines: the gate's decision and why, the report, the
 retrain's MLflow run, what the online service would serve, and the command to run next. `make run` ends with it.
 
-Read-only: it reads the decision file, the evaluation summary, the candidate store and the registry, and creates
+Read-only: it reads the decision file, the evaluation's run record, the candidate store and the registry, and creates
 no store or registry that is missing (a fresh clone gets "not yet" lines, not an error).
 """
 
@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from leadre.config import SQLITE_PREFIX, Params
+from leadre.evaluate import evaluation_run
 
 LABEL_WIDTH = 9
 GATE_FAILED_DOC = 'docs/serving.md, "First run: the gate failed"'
@@ -18,13 +19,13 @@ GATE_FAILED_DOC = 'docs/serving.md, "First run: the gate failed"'
 
 def status_lines(params: Params) -> list[str]:
     decision = _read_json(params.path(params.gate.decision_file))
-    summary = _read_json(params.path(params.evaluate.reports_dir) / "summary.json")
+    evaluation = evaluation_run(params.path(params.evaluate.reports_dir))
     report = params.path(params.evaluate.reports_dir) / "report.html"
     champion = _champion(params)
     snapshot = _snapshot(params)
     lines = [*_gate(params, decision),
              _line("report", _shown(report) if report.exists() else f"{_shown(report)} (not written yet: `make run`)"),
-             *_mlflow(params, summary),
+             *_mlflow(params, evaluation),
              *_serving(champion, snapshot),
              *_next(params, decision, snapshot)]
     return lines
@@ -65,10 +66,11 @@ def _gate(params: Params, decision: dict[str, Any] | None) -> list[str]:
     return [_line("gate", head), *(_more(str(reason)) for reason in decision.get("reasons", []))]
 
 
-def _mlflow(params: Params, summary: dict[str, Any] | None) -> list[str]:
+def _mlflow(params: Params, evaluation: dict[str, Any]) -> list[str]:
+    """The retrain run of the last evaluation (its run.json names the evaluate step's run)."""
     from leadre.tracking import retrain_run
 
-    step_run_id = (summary or {}).get("run_id")
+    step_run_id = evaluation.get("run_id")
     found = retrain_run(params, step_run_id) if step_run_id else None
     if found is None:
         why = "no evaluation yet" if not step_run_id else f"the evaluation's run {step_run_id} is not in the store"

@@ -13,6 +13,7 @@ import typer
 from typer.testing import CliRunner
 
 from leadre import cli
+from leadre.evaluate import RUN_RECORD
 from tests.conftest import write_params
 
 LEADRE = str(Path(sys.executable).with_name("leadre"))
@@ -235,7 +236,7 @@ def test_status_after_a_failed_first_gate_says_what_happened_where_to_look_and_w
         evaluate_run, parent = run.info.run_id, run.data.tags["mlflow.parentRunId"]
         experiment = run.info.experiment_id
     reports = params.path(params.evaluate.reports_dir)
-    write_json(reports / "summary.json", {"run_id": evaluate_run})
+    write_json(reports / RUN_RECORD, {"run_id": evaluate_run})
     (reports / "report.html").write_text("<html></html>", encoding="utf-8")
     store = open_store(store_url(params))
     store.write_snapshot([(7, [1001, 1002], [1.0, 0.5])], fallback_label("itemknn"))

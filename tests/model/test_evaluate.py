@@ -172,3 +172,37 @@ def test_a_registered_baseline_is_evaluated_and_can_be_the_gates_reference(train
     if "champion" not in summary["methods"]:
         decision = decide(summary["methods"], summary["lifts"], params.gate, summary["baselines"])
         assert (decision.reference, decision.reference_kind) == ("newest_first", "baseline")
+
+
+def test_the_same_models_and_data_give_the_same_evaluation_and_decision_files(trained, tmp_path_factory):
+    """DVC hashes summary.json, the metrics file, the plot data and gate.json: a rerun on the same inputs must write
+    the same bytes, or every rerun looks like a new result and re-runs the steps after it. What differs between runs
+    (the MLflow run, seconds, when the gate decided) goes to MLflow and to the untracked run.json beside the report."""
+    from leadre.config import load_params
+    from leadre.evaluate.gate import run_gate
+    from leadre.evaluate import RUN_RECORD, evaluation_run
+    from leadre.io import read_json
+    from leadre.registry.models import model_version
+
+    params, _, _ = trained
+    root = tmp_path_factory.mktemp("evaluated_twice")
+    shutil.copytree(params.root, root, dirs_exist_ok=True)
+    params = load_params(root / "params.yaml", {
+        "evaluate.compare_dirs": {}, "evaluate.max_users": 20, "evaluate.value_weights": [0.0],
+        "evaluate.diversity_penalties": [0.0]})
+    reports = params.path(params.evaluate.reports_dir)
+    tracked = [reports / "summary.json", params.path(params.evaluate.metrics_file), reports / "hr_at_k.csv",
+               reports / "tradeoff.csv", params.path(params.gate.decision_file)]
+    written, run_ids = [], []
+    for _ in range(2):
+        run_evaluate(params)
+        run_gate(params, register=False)
+        written.append([path.read_bytes() for path in tracked])
+        run_ids.append(evaluation_run(reports)["run_id"])
+    assert [path.name for path, first, second in zip(tracked, *written) if first != second] == []
+    assert run_ids[0] != run_ids[1] and (reports / RUN_RECORD).is_file()  # each run still says which it was
+    record = read_json(reports / RUN_RECORD)
+    assert record["provenance"]["run_id"] == run_ids[1] and set(record["seconds"]) >= {CANDIDATE, "itemknn"}
+    assert run_ids[1] in (reports / "report.html").read_text(encoding="utf-8")
+    version = run_gate(params)["challenger_version"]  # the registered challenger names the evaluation it was judged by
+    assert model_version(params, version).tags["leadre.evaluate_run_id"] == run_ids[1]

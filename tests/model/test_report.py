@@ -72,25 +72,25 @@ def _summary(params: Params, champion: bool = False) -> dict[str, Any]:
     lifts = lift_intervals(params, per_user, [CANDIDATE, "sft", FUSION], references)
     return {"split": "test", "users": USERS, "cutoff": str(data.cutoff), "methods": methods,
             "champion_version": "3" if champion else None, "baselines": BASELINES, "lifts": lifts,
-            "seconds": dict.fromkeys(methods, 1.5),
             "tradeoff": [{"value_weight": w, "diversity_penalty": 0.0, "ndcg@10": 0.1 - w / 50,
                           "mean_ecpm": 20 + 5 * w, "industry_diversity": 0.5} for w in (0.0, 1.0)]}
 
 
 @pytest.fixture(scope="module")
 def reported(tmp_path_factory) -> tuple[Params, dict[str, Any], str, Path]:
-    """(params, summary, page, folder) of one report written inside a real MLflow run, as `leadre evaluate` does."""
+    """(params, summary with its run record, page, folder) of one report written inside a real MLflow run, as
+    `leadre evaluate` does."""
     from leadre.tracking import step_run
 
     root = tmp_path_factory.mktemp("report")
     params = write_params(root, {"evaluate.bootstrap.resamples": 200})
     summary = _summary(params)
     with step_run(params, "evaluate") as run:
-        summary["run_id"] = run.info.run_id
-        summary["provenance"] = run_provenance(params, run)
+        record = {"run_id": run.info.run_id, "provenance": run_provenance(params, run),
+                  "seconds": dict.fromkeys(summary["methods"], 1.5)}
     out = params.path(params.evaluate.reports_dir)
-    write_reports(params, summary, out)
-    return params, summary, (out / "report.html").read_text(encoding="utf-8"), out
+    write_reports(params, summary, record, out)
+    return params, {**summary, **record}, (out / "report.html").read_text(encoding="utf-8"), out
 
 
 def _table(page: str, table_id: str) -> str:
@@ -115,7 +115,7 @@ def test_the_gate_verdict_and_its_reasons_come_first(reported):
 def test_a_champion_is_the_reference_when_there_is_one(tmp_path):
     params = write_params(tmp_path, {"evaluate.bootstrap.resamples": 100})
     summary = _summary(params, champion=True)
-    write_reports(params, summary, tmp_path / "out")
+    write_reports(params, summary, {}, tmp_path / "out")
     page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
     assert "champion version 3" in page and "Compared with the champion (version 3)" in page
     assert "ndcg@10 vs champion" in page
@@ -123,7 +123,7 @@ def test_a_champion_is_the_reference_when_there_is_one(tmp_path):
 
 def test_a_gate_that_cannot_decide_says_why_instead_of_failing_the_report(tmp_path):
     params = write_params(tmp_path, {"gate.guardrails": {"no_such_metric": 0.1}})
-    write_reports(params, _summary(params), tmp_path / "out")
+    write_reports(params, _summary(params), {}, tmp_path / "out")
     page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
     assert "Gate: cannot decide" in page and "no_such_metric" in page
 
