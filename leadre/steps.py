@@ -57,7 +57,7 @@ _ROWS = (
          "Validate data.source_dir with Great Expectations; write data.validated_dir only if every rule holds.",
          params=("data.snapshot_time", "data.source_dir", "validation"),
          inputs=("${data.source_dir}", "leadre/data/validate.py", "leadre/data/contracts.py", "leadre/data/tables.py"),
-         outputs=("${data.validated_dir}", "${validation.reports_dir}", "${validation.metrics_file}"),
+         outputs=("${data.validated_dir}", "${validation.reports_dir}/summary.json", "${validation.metrics_file}"),
          timeout_minutes=60),
     Step("sids", "leadre.sids.build:run_build_sids", ("sids", "build"),
          "Semantic IDs: embed ad texts, train residual codebooks, give every ad a unique S-ID (sids.out_dir).",

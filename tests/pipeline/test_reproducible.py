@@ -6,6 +6,7 @@ varies with how texts were batched inside an output makes every clone (and every
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -70,3 +71,35 @@ def test_an_ads_embedding_does_not_depend_on_the_texts_encoded_beside_it():
     reversed_small_batches = encode_texts(folder, texts[::-1], batch_size=3)[::-1]
     assert together.tobytes()[: alone.nbytes] == alone.tobytes()
     assert together.tobytes() == reversed_small_batches.tobytes()
+
+
+def _step_outputs(step: str, root: Path) -> list[Path]:
+    """What the step table (and so dvc.yaml) declares the step writes, resolved against root's params.yaml."""
+    from leadre.steps import get_step, resolve
+
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+
+    def dotted(key: str):
+        value = raw
+        for part in key.split("."):
+            value = value[part]
+        return value
+
+    return [root / resolve(output, dotted) for output in get_step(step).outputs]
+
+
+def test_validating_the_same_data_twice_writes_the_same_tracked_outputs_data_docs_included(workspace):
+    """Great Expectations' data docs carry each run's id and time: a report to read, not an output DVC hashes (the
+    clone test above turns them off, so it cannot see this)."""
+    from leadre.config import load_params
+    from leadre.data.validate import run_validate
+
+    params = load_params(workspace.root / "params.yaml", {"validation.data_docs": True})
+    outs = _step_outputs("validate", params.root)
+    digests = []
+    for _ in range(2):
+        run_validate(params)
+        digests.append({str(out.relative_to(params.root)): file_digests(out) if out.is_dir()
+                        else hashlib.md5(out.read_bytes()).hexdigest() for out in outs})
+    assert (params.path(params.validation.reports_dir) / "data_docs").is_dir()  # the docs are still written
+    assert [out for out in digests[0] if digests[0][out] != digests[1][out]] == []
