@@ -51,10 +51,9 @@ def fallback_baseline(params: Params) -> str:
     """The baseline whose lists are served while there is no champion: the best on the gate's primary metric among
     the baselines the last evaluation ran (its summary's `baselines`, the set the gate compares with when there is no
     champion) and params still configure; popularity when there is no such evaluation."""
+    from leadre.evaluate import SUMMARY
     from leadre.evaluate.gate import best_baseline
     from leadre.io import read_json
-
-    from leadre.evaluate import SUMMARY
 
     path = params.path(params.evaluate.reports_dir) / SUMMARY
     if not path.exists():

@@ -73,29 +73,16 @@ def test_an_ads_embedding_does_not_depend_on_the_texts_encoded_beside_it():
     assert together.tobytes() == reversed_small_batches.tobytes()
 
 
-def _step_outputs(step: str, root: Path) -> list[Path]:
-    """What the step table (and so dvc.yaml) declares the step writes, resolved against root's params.yaml."""
-    from leadre.steps import get_step, resolve
-
-    raw = yaml.safe_load((root / "params.yaml").read_text())
-
-    def dotted(key: str):
-        value = raw
-        for part in key.split("."):
-            value = value[part]
-        return value
-
-    return [root / resolve(output, dotted) for output in get_step(step).outputs]
-
-
 def test_validating_the_same_data_twice_writes_the_same_tracked_outputs_data_docs_included(workspace):
     """Great Expectations' data docs carry each run's id and time: a report to read, not an output DVC hashes (the
     clone test above turns them off, so it cannot see this)."""
     from leadre.config import load_params
     from leadre.data.validate import run_validate
+    from leadre.orchestration.dag_support import step_files
 
     params = load_params(workspace.root / "params.yaml", {"validation.data_docs": True})
-    outs = _step_outputs("validate", params.root)
+    params_file = params.root / "params.yaml"
+    outs = [Path(out) for out in step_files("validate", yaml.safe_load(params_file.read_text()), params_file)]
     digests = []
     for _ in range(2):
         run_validate(params)
