@@ -40,7 +40,7 @@ def _params(seed_dir: Path, split: str):
                                                  "model.cpu_threads": 1})
 
 
-def generate(seed_dir: Path) -> None:
+def generate(seed_dir: Path, widths: tuple[int, ...] = WIDTHS) -> None:
     """The candidate's beams for valid and test at every width, cached as beams-<split>-<width>.npz."""
     from leadre.decode.recommender import LlmRecommender
     from leadre.evaluate.run import load_eval_set
@@ -52,7 +52,7 @@ def generate(seed_dir: Path) -> None:
         params = _params(seed_dir, split)
         data = load_eval_set(params)
         rec = rec or LlmRecommender(params.path(params.evaluate.candidate_dir), params.decode)  # same for both splits
-        for width in WIDTHS:
+        for width in widths:
             out = seed_dir / f"beams-{split}-{width}.npz"
             if out.exists():
                 continue
@@ -65,7 +65,7 @@ def generate(seed_dir: Path) -> None:
             print(f"{seed_dir.name} {split} width {width}: {len(ids)} users", flush=True)
 
 
-def score_grid(seed_dir: Path, split: str) -> dict:
+def score_grid(seed_dir: Path, split: str, widths: tuple[int, ...] = WIDTHS) -> dict:
     from leadre.bundle import read_response_counts
     from leadre.decode.prior import log_shares
     from leadre.evaluate.baselines import popularity_scores
@@ -80,7 +80,7 @@ def score_grid(seed_dir: Path, split: str) -> dict:
     now_counts = popularity_scores(data.engagements, params.decode.prior.half_life_days)
     k_max = max(params.evaluate.ks)
     results = {}
-    for width in WIDTHS:
+    for width in widths:
         beams = np.load(seed_dir / f"beams-{split}-{width}.npz")
         ids, lp = beams["ids"], beams["logprobs"]
         ads, inverse = np.unique(ids[ids >= 0], return_inverse=True)
@@ -100,17 +100,20 @@ def score_grid(seed_dir: Path, split: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.prior", description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True, help="a kept bench.quality --work folder")
+    parser.add_argument("--widths", default=",".join(map(str, WIDTHS)),
+                        help="beam widths to generate and score, comma-separated")
     parser.add_argument("--generate-only", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    widths = tuple(int(w) for w in args.widths.split(","))
     if args.generate_only:
-        generate(args.generate_only)
+        generate(args.generate_only, widths)
         return
     seeds = sorted(args.work.glob("seed-*"))
-    procs = [subprocess.Popen([sys.executable, "-m", "bench.prior", "--work", str(args.work), "--generate-only",
-                               str(s)]) for s in seeds]
+    procs = [subprocess.Popen([sys.executable, "-m", "bench.prior", "--work", str(args.work), "--widths",
+                               args.widths, "--generate-only", str(s)]) for s in seeds]
     if any(p.wait() for p in procs):
         raise SystemExit("bench.prior: generation failed")
-    grids = {s.name: {split: score_grid(s, split) for split in ("valid", "test")} for s in seeds}
+    grids = {s.name: {split: score_grid(s, split, widths) for split in ("valid", "test")} for s in seeds}
     best_baseline = {}
     for s in seeds:
         summary = json.loads((s / "reports" / "evaluation" / "summary.json").read_text())["methods"]
@@ -123,7 +126,7 @@ def main() -> None:
         return {m: [g["test"][k][m] / best_baseline[name][m] for name, g in grids.items()] for m in HEADLINE}
 
     lines = ["width a b | valid NDCG@10 | test ratio to best baseline: " + " / ".join(HEADLINE)]
-    for k in [*ranked[:8], (20, 0.0, 0.0), (50, 0.0, 0.0), (50, 1.0, 1.0)]:
+    for k in dict.fromkeys([*ranked[:8], *((w, a, b) for w in widths for a, b in ((0.0, 0.0), (1.0, 1.0)))]):
         row = test_row(k)
         lines.append(f"{k} | {valid[k]:.4f} | " + " / ".join(
             f"{np.median(v):.3f} [{min(v):.3f}, {max(v):.3f}]" for v in row.values()))
