@@ -210,6 +210,7 @@ class PromptParams(_Section):
     holdout_days: int = Field(gt=0)
     valid_user_share: float = Field(gt=0, le=1)
     horizon_days: int = Field(gt=0)
+    train_responses_per_pair: int = Field(ge=1)
     max_train_cutoffs_per_user: int = Field(ge=1)
     train_cutoff_half_life_days: float | None = Field(gt=0)
     min_history_events: int = Field(ge=1)

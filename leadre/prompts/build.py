@@ -260,7 +260,7 @@ def _build_chunk(ctx: _Context, chunk: int, pairs: Pairs) -> dict:
     try:
         shown = render(ctx.log, ctx.catalogue, pairs.user, pairs.cutoff, ctx.settings)
         _write_main(writers, pairs, shown, ctx.ad_sid, ctx.ad_ids, ctx.user_ids, ctx.intents, tokens, events,
-                    intent_counts)
+                    intent_counts, ctx.settings.train_responses_per_pair)
         _write_titles_prompt(writers, pairs, ctx.log, ctx.catalogue, ctx.settings, ctx.ad_sid, ctx.ad_ids,
                              ctx.user_ids, ctx.intents, rng)
         _write_dpo(writers, pairs, shown, ctx.ads, ctx.ad_sid, ctx.ad_ids, ctx.user_ids, ctx.intents, ctx.settings,
@@ -275,12 +275,15 @@ def _build_chunk(ctx: _Context, chunk: int, pairs: Pairs) -> dict:
 
 
 def _write_main(writers, pairs: Pairs, shown: Rendered, ad_sid, ad_ids, user_ids, intents, tokens, events,
-                intent_counts):
+                intent_counts, train_responses: int):
     for code, split in enumerate(SPLITS):
         index = np.flatnonzero(pairs.split == code)
         if len(index) == 0:
             continue
         part = pairs.take(index)
+        if split == "train" and train_responses > 1:  # valid and test pairs are scored against all their targets
+            part, owner = part.with_responses(train_responses)
+            index = index[owner]
         columns = dict(
             intent=pa.array(intents[part.intent]).dictionary_encode(),
             user_id=pa.array(user_ids[part.user]),

@@ -24,7 +24,7 @@ engaged with in that intent; `all_targets` keeps every ad of the intent in the w
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -78,6 +78,14 @@ class Pairs:
 
     def all_targets(self, i: int) -> np.ndarray:
         return self.targets[self.target_offsets[i]:self.target_offsets[i + 1]]
+
+    def with_responses(self, per_pair: int) -> tuple[Pairs, np.ndarray]:
+        """Each pair once per response, its first `per_pair` distinct targets in engagement order (the first is
+        `target_ad`), as `target_ad` (`target_ts` stays the pair's first engagement); and the pair of each row."""
+        count = np.minimum(np.diff(self.target_offsets), per_pair)
+        owner, flat = _expand(self.target_offsets[:-1], self.target_offsets[:-1] + count)
+        rows = self.take(owner)
+        return replace(rows, target_ad=self.targets[flat]), owner
 
     def take(self, index: np.ndarray) -> Pairs:
         owner, flat = _expand(self.target_offsets[index], self.target_offsets[index + 1])

@@ -151,6 +151,44 @@ def test_splits_follow_time(micro):
     assert (main["cutoff"] < _ts("2026-10-18")).all()
 
 
+def test_a_train_pair_answers_with_each_of_its_first_targets(tmp_path):
+    """`train_responses_per_pair` N: a train pair is one row per distinct target ad of its intent and window, the first
+    N in engagement order, all with the pair's prompt; valid and test keep one row per pair (they are scored against
+    every target)."""
+    world = micro_world()
+    # user 1 clicks the earbuds the day after the smartwatch: a second electronics target of the Oct 10 cut-off
+    extra = pd.DataFrame([(1, _ts("2026-10-11 10:00"), "ad", "click_ad", 1000000001)], columns=world["events"].columns)
+    events = pd.concat([world["events"].astype({"domain": str, "action": str}), extra], ignore_index=True)
+    events = events.sort_values(["user_id", "ts"], kind="stable", ignore_index=True)
+    world["events"] = events.astype({"domain": "category", "action": "category"})
+    built = {}
+    for n in (1, 2, 3):
+        params = write_params(tmp_path / str(n), {"prompts.max_prompt_tokens": 384, "prompts.valid_user_share": 1.0,
+                                                  "prompts.train_responses_per_pair": n})
+        write_tables(world, params.path(params.data.generated_dir), {"source": "test"})
+        run_validate(params)
+        _write_sids(params, MICRO_SIDS)
+        run_build_prompts(params)
+        built[n] = {split: _sft(params, split) for split in ("train", "valid", "test")}
+
+    def pair_rows(train: pd.DataFrame) -> pd.DataFrame:
+        main = train[(train["task"] == "main") & (train["user_id"] == 1)]
+        return main[main["cutoff"] == _ts("2026-10-10 08:00")]
+
+    one, two = pair_rows(built[1]["train"]), pair_rows(built[2]["train"])
+    assert [c[0]["content"] for c in one["completion"]] == [MICRO_SIDS[1000000003]]
+    assert [c[0]["content"] for c in two["completion"]] == [MICRO_SIDS[1000000003], MICRO_SIDS[1000000001]]
+    assert two["target_ad_id"].tolist() == [1000000003, 1000000001]
+    assert two["prompt"].map(lambda m: m[0]["content"]).nunique() == 1
+    assert two["prompt"].iloc[0][0]["content"] == one["prompt"].iloc[0][0]["content"]
+    # a pair has only as many rows as distinct targets: 3 allowed, the same two rows
+    assert pair_rows(built[3]["train"])["target_ad_id"].tolist() == [1000000003, 1000000001]
+    for split in ("valid", "test"):
+        pd.testing.assert_frame_equal(built[2][split], built[1][split])
+    main_rows = {n: (b["train"]["task"] == "main").sum() for n, b in built.items()}
+    assert main_rows[2] == main_rows[3] == main_rows[1] + 1  # no other pair has a second target
+
+
 def test_no_future_event_in_any_prompt(micro):
     for split in ("train", "valid", "test"):
         frame = _sft(micro, split)
