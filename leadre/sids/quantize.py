@@ -191,7 +191,8 @@ class RqVae:
 
     def fit(self, embeddings: np.ndarray) -> list[np.ndarray]:
         import torch
-        from tqdm.auto import trange
+
+        from leadre.runtime import progress
 
         x = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32))
         with torch.random.fork_rng(devices=[]):  # seeded initial weights, caller's RNG state untouched
@@ -203,13 +204,15 @@ class RqVae:
         books = [torch.nn.Parameter(torch.from_numpy(c)) for c in start.fit(self._latents(embeddings))]
         optimiser = torch.optim.Adam([*net.parameters(), *books], lr=self.learning_rate)
         generator = torch.Generator().manual_seed(self.seed)
-        for _ in trange(self.epochs, desc="train rq-vae", unit="epoch", disable=self.epochs < 2):
-            for rows in torch.randperm(len(x), generator=generator).split(self.batch_size):
-                loss = self._loss(x[rows], books)
-                optimiser.zero_grad()
-                loss.backward()
-                optimiser.step()
-            self._revive_dead_codes(x, books, generator)
+        with progress(self.epochs, "train rq-vae", "epoch", enabled=self.epochs >= 2) as bar:
+            for _ in range(self.epochs):
+                for rows in torch.randperm(len(x), generator=generator).split(self.batch_size):
+                    loss = self._loss(x[rows], books)
+                    optimiser.zero_grad()
+                    loss.backward()
+                    optimiser.step()
+                self._revive_dead_codes(x, books, generator)
+                bar.update(1)
         self.codebooks = [b.detach().numpy().copy() for b in books]
         return self.codebooks
 

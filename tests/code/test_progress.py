@@ -76,3 +76,19 @@ def test_training_writes_a_step_line_every_few_seconds_and_every_evaluation(capl
     assert [w.split(" loss")[0] for w in written] == ["sft step 10/150", "sft eval at step 80: eval_loss 1.5",
                                                       "sft step 90/150"]
     assert "1.0k tok/s" in written[2]  # tokens since the previous step line over the seconds since it
+
+
+def test_rq_vae_training_logs_lines_not_a_redrawn_bar(monkeypatch, caplog, capfd):
+    """`sids.method: rq_vae` trains for `rqvae.epochs` epochs; outside a terminal that is log lines, as every other
+    long loop gives, not tqdm's carriage-return redraws (one each epoch in make run's log)."""
+    import numpy as np
+
+    from leadre.sids.quantize import RqVae
+
+    monkeypatch.setattr(runtime, "interactive", lambda: False)
+    vae = RqVae(levels=2, codebook_size=4, latent_dim=4, hidden_dim=8, epochs=3, learning_rate=1e-3, commitment=0.25,
+                batch_size=16, seed=0, kmeans_iterations=2)
+    with caplog.at_level(logging.INFO, logger="leadre.progress"):
+        vae.fit(np.random.default_rng(0).normal(size=(40, 6)).astype(np.float32))
+    assert "\r" not in capfd.readouterr().err
+    assert [r.getMessage().split(" (")[0] for r in caplog.records][-1] == "train rq-vae: 3/3 epochs"
