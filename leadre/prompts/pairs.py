@@ -94,6 +94,11 @@ class Pairs:
                      self.target_ts[index], self.intent[index], self.targets[flat], offsets)
 
 
+def _distinct_sorted(values: np.ndarray) -> np.ndarray:
+    """np.unique of an array already in order (the log's users are), without its sort."""
+    return values[np.r_[True, values[1:] != values[:-1]]] if len(values) else values
+
+
 def _expand(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For ranges [start, end): (which range, index) of every element, vectorised."""
     lengths = np.maximum(ends - starts, 0)
@@ -113,7 +118,8 @@ class _Engagements:
 
 
 def _engagements(log: EventLog) -> _Engagements:
-    engaged = np.flatnonzero(np.isin(log.actions[log.action], ENGAGEMENTS))
+    # compares the small action codes: naming every event's action first makes an array of strings as long as the log
+    engaged = np.flatnonzero(np.isin(log.action, np.flatnonzero(np.isin(log.actions, ENGAGEMENTS))))
     return _Engagements(engaged, log.user[engaged], log.ts[engaged], log.obj[engaged])
 
 
@@ -149,13 +155,13 @@ def select_pairs(log: EventLog, ad_industry: np.ndarray, snapshot_ms: int, param
 
     # Held-out validation users: drawn from every user with an engagement, so the draw does not depend on the
     # window it is used for; share 1 holds out everybody (train then ends at the valid cut-off for all).
-    active = np.unique(e.user)
+    active = _distinct_sorted(e.user)
     held_out = np.zeros(len(log.user_start), dtype=bool)
     held_out[active[rng.random(len(active)) < params.valid_user_share]] = True
 
     cuts = []
     for split, start, end in ((1, valid_cut, test_cut), (2, test_cut, snapshot_ms)):
-        users = np.unique(e.user[(e.ts >= start) & (e.ts < end)])
+        users = _distinct_sorted(e.user[(e.ts >= start) & (e.ts < end)])
         users = users[keep[users]]
         enough = log.position(users, np.full(len(users), start)) - log.user_start[users] >= params.min_history_events
         users = users[enough & held_out[users]] if split == 1 else users[enough]
@@ -198,7 +204,7 @@ def _train_cutoffs(log: EventLog, e: _Engagements, train_end: np.ndarray, params
     At earlier clicks with enough history, a few per user, chosen at random. Not at conversions: the answer there
     would be the ad clicked moments before, teaching the model to echo."""
     history = e.index - log.user_start[e.user]  # events before each engagement
-    is_click = log.actions[log.action[e.index]] == "click_ad"
+    is_click = np.isin(log.action[e.index], np.flatnonzero(log.actions == "click_ad"))
     e_user, e_ts = e.user, e.ts
     candidates = np.flatnonzero(is_click & (e_ts < train_end) & (history >= params.min_history_events))
     # A user's first `max_train_cutoffs_per_user` clicks in this order are drawn: exponential keys make it a weighted
@@ -212,12 +218,15 @@ def _train_cutoffs(log: EventLog, e: _Engagements, train_end: np.ndarray, params
             draw = np.log(-np.log1p(-draw)) + np.log(2.0) * age_days / params.train_cutoff_half_life_days
     kept = keep[e_user[candidates]]  # after the draw: every candidate consumes its number, kept or not
     candidates, draw = candidates[kept], draw[kept]
-    order = np.lexsort((draw, e_user[candidates]))
+    # np.lexsort((draw, user)), ties in draw kept in log order, as two plain sorts: the draws' ranks, then (user, rank)
+    rank = np.empty(len(draw), dtype=np.int64)
+    rank[np.argsort(draw, kind="stable")] = np.arange(len(draw))
+    order = np.argsort(e_user[candidates].astype(np.int64) * max(len(draw), 1) + rank)
     candidates = candidates[order]
     first_of_user = np.r_[True, e_user[candidates][1:] != e_user[candidates][:-1]]
     group_start = np.maximum.accumulate(np.where(first_of_user, np.arange(len(candidates)), 0))
     candidates = candidates[np.arange(len(candidates)) - group_start < params.max_train_cutoffs_per_user]
-    candidates = np.unique(candidates)  # back in (user, time) order
+    candidates = np.sort(candidates)  # back in (user, time) order
     return (e_user[candidates], e_ts[candidates],
             np.minimum(e_ts[candidates] + params.horizon_days * MS_PER_DAY, train_end[candidates]),
             np.zeros(len(candidates), dtype=int))
@@ -231,14 +240,20 @@ def _window_pairs(log: EventLog, e: _Engagements, ad_industry: np.ndarray, c_use
     lo = np.searchsorted(e_key, c_user.astype(np.int64) * (1 << 42) + (c_ts - log.base), side="left")
     hi = np.searchsorted(e_key, c_user.astype(np.int64) * (1 << 42) + (c_end - log.base), side="left")
     cut, target = _expand(lo, hi)
-    intent = ad_industry[e_ad[target]]
-    frame = pd.DataFrame({"cut": cut, "intent": intent, "ad": e_ad[target], "ts": e_ts[target]})
+    ad, intent = e_ad[target], ad_industry[e_ad[target]]
+    # (cut-off, intent) as one integer, in cut-off order; with the ad, still far inside int64 at 100M users x 5M ads
+    group = cut.astype(np.int64) * (int(ad_industry.max()) + 1 if len(ad_industry) else 1) + intent
     # Rows are in time order within a cut-off, so the first row per (cut-off, intent) is the response.
-    first = frame.drop_duplicates(["cut", "intent"]).sort_values(["cut", "intent"], kind="stable")
-    distinct = frame.drop_duplicates(["cut", "intent", "ad"]).sort_values(["cut", "intent"], kind="stable")
-    new_group = np.r_[True, (np.diff(distinct["cut"].to_numpy()) != 0) | (np.diff(distinct["intent"].to_numpy()) != 0)]
-    offsets = np.r_[np.flatnonzero(new_group), len(distinct)]
-    cut_of_pair = first["cut"].to_numpy()
+    first = _first_of_each(group)
+    distinct = _first_of_each(group * (len(ad_industry) + 1) + ad)
+    first, distinct = (rows[np.argsort(group[rows], kind="stable")] for rows in (first, distinct))
+    offsets = np.r_[np.flatnonzero(np.r_[True, np.diff(group[distinct]) != 0]), len(distinct)]
+    cut_of_pair = cut[first]
     return Pairs(user=c_user[cut_of_pair], cutoff=c_ts[cut_of_pair], split=c_split[cut_of_pair],
-                 target_ad=first["ad"].to_numpy(), target_ts=first["ts"].to_numpy(),
-                 intent=first["intent"].to_numpy(), targets=distinct["ad"].to_numpy(), target_offsets=offsets)
+                 target_ad=ad[first], target_ts=e_ts[target[first]], intent=intent[first], targets=ad[distinct],
+                 target_offsets=offsets)
+
+
+def _first_of_each(keys: np.ndarray) -> np.ndarray:
+    """Positions of each key's first occurrence, in the order they occur (a hash table: no sort)."""
+    return np.flatnonzero(~pd.Series(keys).duplicated().to_numpy())
