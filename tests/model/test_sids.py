@@ -39,6 +39,7 @@ from leadre.sids.quantize import (
 )
 from tests.conftest import write_params
 
+KMEANS = {"sids.method": "rq_kmeans"}
 FAST_RQVAE = {"latent_dim": 16, "hidden_dim": 64, "epochs": 3, "learning_rate": 0.001, "commitment": 0.25,
               "batch_size": 64}
 
@@ -81,8 +82,9 @@ def folder_bytes(folder: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, validated, shared_cache):
-    """One rq_kmeans build at the repository's params: (params, report, table)."""
-    params = make_workspace(tmp_path_factory.mktemp("built"), validated, shared_cache)
+    """One rq_kmeans build, otherwise at the repository's params: (params, report, table). The RQ-VAE (the default
+    method) has tests of its own below."""
+    params = make_workspace(tmp_path_factory.mktemp("built"), validated, shared_cache, KMEANS)
     report = run_build_sids(params)
     return params, report, load_sid_table(out_dir(params))
 
@@ -178,7 +180,7 @@ def test_frozen_codebooks_reproduce_the_codes(built):
 def test_same_seed_same_table(built, tmp_path, validated):
     """A fresh workspace and a fresh cache (so the encoder runs again) give byte-identical S-IDs and codebooks."""
     params, _, table = built
-    again = make_workspace(tmp_path, validated)
+    again = make_workspace(tmp_path, validated, overrides=KMEANS)
     report = run_build_sids(again)
     assert report["encoded_texts"] > 0
     pd.testing.assert_frame_equal(load_sid_table(out_dir(again)), table)
