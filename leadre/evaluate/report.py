@@ -236,10 +236,12 @@ def _fusion_line(fusion: FusionParams) -> str:
 
 def _what_was_run(params: Params, summary: dict[str, Any]) -> str:
     run = summary.get("provenance") or {}
-    ev, dec, sft, dpo = params.evaluate, params.decode, params.sft, params.dpo
+    ev, dec, sft, dpo, sids = params.evaluate, params.decode, params.sft, params.dpo, params.sids
     rows = [
         ("model", f"{html.escape(params.model.base_model)}; SFT {sft.epochs:g} epochs at lr {sft.learning_rate:g}; "
                   f"DPO {dpo.epochs:g} epochs, β {dpo.beta:g}"),
+        ("semantic IDs", f"{sids.method}, {sids.levels} levels × {sids.codebook_size} codes + a disambiguation token "
+                         f"(up to {sids.max_collisions}); encoder {html.escape(sids.encoder)} in {sids.encoder_dtype}"),
         ("decoding", f"beam width {dec.beam_width}; popularity-shift prior: + {dec.prior.now_weight:g}·log p_now "
                      f"(half-life {dec.prior.half_life_days:g} d) − {dec.prior.train_weight:g}·log p_train; "
                      f"value weight λ {dec.value_weight:g}, diversity penalty {dec.diversity_penalty:g}"),

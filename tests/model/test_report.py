@@ -172,6 +172,8 @@ def test_what_was_run_names_the_params_data_commit_and_mlflow_run(reported):
     assert f"resamples: {params.evaluate.bootstrap.resamples}" in page  # the full params, folded
     prior = params.decode.prior  # how the lists were ranked, not only what trained them
     assert f"+ {prior.now_weight:g}·log p_now (half-life {prior.half_life_days:g} d) − {prior.train_weight:g}·log p_train" in page
+    sids = params.sids  # and what the model's answers are made of: S-IDs of another quantiser are another model
+    assert f"{sids.method}, {sids.levels} levels × {sids.codebook_size} codes + a disambiguation token" in page
     fusion = params.fusion  # and how the fusion row merged its channels
     assert (f"{fusion.method} of the candidate ({fusion.llm_weight:g}) and {fusion.channel} "
             f"({fusion.channel_weight:g})") in page
