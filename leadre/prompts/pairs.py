@@ -118,8 +118,8 @@ class _Engagements:
 
 
 def _engagements(log: EventLog) -> _Engagements:
-    # compares the small action codes: naming every event's action first makes an array of strings as long as the log
-    engaged = np.flatnonzero(np.isin(log.action, np.flatnonzero(np.isin(log.actions, ENGAGEMENTS))))
+    # a flag per action code, looked up by each event's code: naming every event's action made strings as long as the log
+    engaged = np.flatnonzero(np.isin(log.actions, ENGAGEMENTS)[log.action])
     return _Engagements(engaged, log.user[engaged], log.ts[engaged], log.obj[engaged])
 
 
@@ -204,7 +204,7 @@ def _train_cutoffs(log: EventLog, e: _Engagements, train_end: np.ndarray, params
     At earlier clicks with enough history, a few per user, chosen at random. Not at conversions: the answer there
     would be the ad clicked moments before, teaching the model to echo."""
     history = e.index - log.user_start[e.user]  # events before each engagement
-    is_click = np.isin(log.action[e.index], np.flatnonzero(log.actions == "click_ad"))
+    is_click = (log.actions == "click_ad")[log.action[e.index]]
     e_user, e_ts = e.user, e.ts
     candidates = np.flatnonzero(is_click & (e_ts < train_end) & (history >= params.min_history_events))
     # A user's first `max_train_cutoffs_per_user` clicks in this order are drawn: exponential keys make it a weighted
