@@ -51,13 +51,29 @@ class EventLog:
     user_start: np.ndarray  # first event of each user (length users + 1)
 
     def __post_init__(self) -> None:
-        # (user, ms since the first event) packed in one int64, computed once: every cut-off lookup searches it.
+        # (user, time) packed in one sorted int64, computed once: every cut-off lookup searches it. A user's stride is
+        # the log's time span plus a slot on each side, and a query's time is clamped into that range (a time before
+        # the log's first event finds the same events as one just before it): at a year's span in ms that leaves
+        # room for ~290M users, where a fixed 2^42 ms per user overflowed past 2.1M.
         self.base = int(self.ts.min()) if len(self.ts) else 0
-        self.key = self.user.astype(np.int64) * (1 << 42) + (self.ts - self.base)
+        self.span = int(self.ts.max()) - self.base if len(self.ts) else 0
+        self.stride = self.span + 3
+        users = int(self.user.max()) + 1 if len(self.user) else 0
+        if users * self.stride >= 2**63:
+            raise ValueError(f"{users:,} users over {self.span / MS_PER_DAY:,.0f} days of events do not fit the "
+                             "event log's int64 (user, time) keys: import a shorter window of events")
+        self.key = self.user.astype(np.int64) * self.stride
+        self.key += self.ts
+        self.key -= self.base - 1
+
+    def keys(self, user: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """Lookup keys of (user, time) queries, comparable with `key`."""
+        offset = np.clip(np.asarray(ts, dtype=np.int64) - self.base, -1, self.span + 1) + 1
+        return np.asarray(user, dtype=np.int64) * self.stride + offset
 
     def position(self, user: np.ndarray, ts: np.ndarray) -> np.ndarray:
         """Index of the first event of `user` at or after `ts` (so events before it are strictly earlier)."""
-        return np.searchsorted(self.key, user.astype(np.int64) * (1 << 42) + (ts - self.base), side="left")
+        return np.searchsorted(self.key, self.keys(user, ts), side="left")
 
 
 @dataclass
@@ -237,8 +253,8 @@ def _window_pairs(log: EventLog, e: _Engagements, ad_industry: np.ndarray, c_use
     """Targets of each cut-off: the engagements in [cut-off, end), grouped by intent."""
     e_ts, e_ad = e.ts, e.ad
     e_key = log.key[e.index]
-    lo = np.searchsorted(e_key, c_user.astype(np.int64) * (1 << 42) + (c_ts - log.base), side="left")
-    hi = np.searchsorted(e_key, c_user.astype(np.int64) * (1 << 42) + (c_end - log.base), side="left")
+    lo = np.searchsorted(e_key, log.keys(c_user, c_ts), side="left")
+    hi = np.searchsorted(e_key, log.keys(c_user, c_end), side="left")
     cut, target = _expand(lo, hi)
     ad, intent = e_ad[target], ad_industry[e_ad[target]]
     # (cut-off, intent) as one integer, in cut-off order; with the ad, still far inside int64 at 100M users x 5M ads

@@ -428,3 +428,23 @@ def test_a_cutoff_half_life_prefers_recent_clicks_even_decades_back(tmp_path):
     _, cutoffs, _, _ = _train_cutoffs(log, engagements, train_end, params.prompts, np.random.default_rng(0),
                                       np.ones(1, dtype=bool))
     assert list(cutoffs) == list(ts[-3:])
+
+
+def test_event_lookups_hold_beyond_two_million_users():
+    """A cut-off's events are found by binary search over (user, time) packed into one int64. With 2^42 ms per user
+    the key wrapped past 2^21 users (2.1M), the keys stopped being sorted and a prompt could show another user's
+    events; a 100M-user log (docs/scaling.md) must still resolve every user's own events."""
+    from leadre.prompts.pairs import EventLog
+
+    users = np.array([0, 0, 2**21 - 1, 2**21, 2**21, 60_000_000], dtype=np.int64)
+    day = 86_400_000
+    ts = np.array([0, 5, 1, 2, 400, 3], dtype=np.int64) * day + pd.Timestamp("2026-01-01").value // 1_000_000
+    log = EventLog(user=users, ts=ts, action=np.zeros(6, dtype=np.int8), obj=np.arange(6),
+                   category=np.zeros(6, dtype=np.int64), actions=np.array(["click_ad"]),
+                   categories=np.array(["retail"]), user_start=np.array([0]))
+    # each user's first event at or after a time: before all events, between, after all (and decades away)
+    queries = [(0, ts[0] - 30 * day, 0), (0, ts[1], 1), (0, ts[1] + 1, 2), (2**21 - 1, ts[2], 2),
+               (2**21, ts[0], 3), (2**21, ts[3] + 1, 4), (2**21, ts[4] + 1, 5), (60_000_000, ts[5] + 40 * 365 * day, 6),
+               (60_000_000, ts[5] - 40 * 365 * day, 5)]
+    user, at, expected = (np.array(column) for column in zip(*queries))
+    assert list(log.position(user, at)) == list(expected)
