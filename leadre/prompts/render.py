@@ -80,12 +80,18 @@ class Catalogue:
     def build(cls, users: pd.DataFrame, objects_sid: list[str], objects_title: list[str], actions: np.ndarray,
               categories: np.ndarray, counter: TokenCounter, long_term_days: int) -> Catalogue:
         ago = _ago_labels()
-        profile_columns = [users[f].astype(object).where(users[f].notna(), "unknown").astype(str) for f in PROFILE_FIELDS]
-        profiles = pc.binary_join_element_wise(*[pa.array(c.to_numpy(), pa.string()) for c in profile_columns],
-                                               PROFILE_SEPARATOR)
-        # A profile's tokens: its separators once, plus each field's value (few distinct values).
+        # Each field through its distinct values (few: a million users have a few hundred ages and places), so no
+        # per-user Python string is made: a missing value reads "unknown".
         separators = PROFILE_SEPARATOR * (len(PROFILE_FIELDS) - 1)
-        profile_tokens = int(counter.count([separators])[0]) + sum(counter.count(c.tolist()) for c in profile_columns)
+        profile_tokens = np.full(len(users), int(counter.count([separators])[0]), dtype=np.int64)
+        fields = []
+        for field in PROFILE_FIELDS:
+            codes, distinct = pd.factorize(users[field], use_na_sentinel=True)
+            values = [*pd.Series(distinct, dtype=object).astype(str), "unknown"]
+            codes = np.where(codes < 0, len(values) - 1, codes)
+            fields.append(pa.array(values, pa.string()).take(pa.array(codes)))
+            profile_tokens += counter.count(values)[codes]
+        profiles = pc.binary_join_element_wise(*fields, PROFILE_SEPARATOR)
         attributes = users["attributes"] if "attributes" in users else pd.Series(None, index=users.index, dtype=object)
         has_attributes = attributes.notna().to_numpy()
         if has_attributes.any():
