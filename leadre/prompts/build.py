@@ -34,7 +34,7 @@ from leadre.data.tables import DataError, Finding, read_tables
 from leadre.io import atomic_dir
 from leadre.prompts import MAIN_TASK, SPLITS, alignment
 from leadre.prompts.card import log_card, sum_rows, write_card, write_chunk_stats
-from leadre.prompts.pairs import EventLog, Pairs, select_pairs
+from leadre.prompts.pairs import EventLog, Pairs, run_starts, select_pairs
 from leadre.prompts.render import Catalogue, Rendered, render
 from leadre.prompts.tokens import TokenCounter
 from leadre.sharding import ALL, Shard, bucket_of, parts_dir
@@ -54,7 +54,7 @@ def _ms(series: pd.Series) -> np.ndarray:
 def _rows_of(index: pd.Index, keys: np.ndarray) -> np.ndarray:
     """Each key's position in `index` (-1 where absent); one lookup per run of equal keys, as in the
     user-sorted event log, where hashing every row cost seconds at 1M users."""
-    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if len(keys) else np.zeros(0, dtype=np.int64)
+    starts = np.flatnonzero(run_starts(keys))
     runs = np.diff(np.append(starts, len(keys)))
     return np.repeat(index.get_indexer(keys[starts]).astype(np.int64, copy=False), runs)
 
@@ -70,7 +70,7 @@ def event_log(tables: dict[str, pd.DataFrame]) -> tuple[EventLog, pd.Series]:
     offset, labels = 0, []
     for name, key, dom, label_column in (("ads", "ad_id", "ad", "industry"), ("contents", "content_id", "content", "category"),
                                          ("queries", "query_id", "search", "topic")):
-        mask = domain == (domains.index(dom) if dom in domains else -2)
+        mask = (domain == domains.index(dom)) if dom in domains else np.zeros(len(domain), dtype=bool)
         obj[mask] = offset + pd.Index(tables[name][key]).get_indexer(object_id[mask])
         labels.append(tables[name][label_column].astype(str).to_numpy())
         offset += len(tables[name])

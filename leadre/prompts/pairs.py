@@ -110,8 +110,8 @@ class Pairs:
                      self.target_ts[index], self.intent[index], self.targets[flat], offsets)
 
 
-def _run_starts(values: np.ndarray) -> np.ndarray:
-    """Mask of the positions where a run of equal values begins."""
+def run_starts(values: np.ndarray) -> np.ndarray:
+    """Mask of the positions where a run of equal values begins (of an array in order: where a new value starts)."""
     starts = np.ones(len(values), dtype=bool)
     starts[1:] = values[1:] != values[:-1]
     return starts
@@ -119,7 +119,7 @@ def _run_starts(values: np.ndarray) -> np.ndarray:
 
 def _distinct_sorted(values: np.ndarray) -> np.ndarray:
     """np.unique of an array already in order (the log's users are), without its sort."""
-    return values[_run_starts(values)]
+    return values[run_starts(values)]
 
 
 def _expand(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -262,7 +262,7 @@ def _window_pairs(log: EventLog, e: _Engagements, ad_industry: np.ndarray, c_use
     # Rows by (cut-off, intent), time order kept within each: the rows are already in cut-off order, so this stable
     # sort only reorders the few rows of each cut-off (a fraction of a hashed pass's time at 1M users).
     order = np.argsort(group, kind="stable")
-    new_group = _run_starts(group[order])
+    new_group = run_starts(group[order])
     first = order[new_group]  # the first engagement per (cut-off, intent) is the response
     # An ad engaged again in its group is one target: only groups of several rows can repeat one
     alone = new_group.copy()
@@ -287,7 +287,7 @@ def _smallest_per_run(keys: np.ndarray, runs: np.ndarray, k: int) -> np.ndarray:
     chosen = np.zeros(len(keys), dtype=bool)
     if k <= 0:
         return chosen
-    starts = np.flatnonzero(_run_starts(runs))
+    starts = np.flatnonzero(run_starts(runs))
     sizes = np.diff(np.append(starts, len(keys)))
     chosen[np.repeat(sizes <= k, sizes)] = True
     large = np.flatnonzero(np.repeat(sizes > k, sizes))  # rows of runs longer than k
@@ -300,7 +300,7 @@ def _smallest_per_run(keys: np.ndarray, runs: np.ndarray, k: int) -> np.ndarray:
     for _ in range(k):
         smallest = np.minimum.reduceat(left, starts)
         hits = np.flatnonzero((left == smallest[owner]) & ~taken)
-        first = hits[_run_starts(owner[hits])]  # every run has a hit: it still holds untaken keys
+        first = hits[run_starts(owner[hits])]  # every run has a hit: it still holds untaken keys
         taken[first] = True
         left[first] = np.inf
     chosen[large[taken]] = True
