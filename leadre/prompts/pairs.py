@@ -127,7 +127,7 @@ def _expand(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarra
     lengths = np.maximum(ends - starts, 0)
     owner = np.repeat(np.arange(len(starts)), lengths)
     offsets = np.cumsum(lengths) - lengths
-    return owner, starts[owner] + np.arange(lengths.sum()) - offsets[owner]
+    return owner, np.repeat(starts - offsets, lengths) + np.arange(len(owner))
 
 
 @dataclass

@@ -225,6 +225,25 @@ def test_a_shards_pairs_are_its_users_pairs_of_the_whole_run(tiny_prompts, proto
         assert np.array_equal(getattr(part, field), getattr(expected, field)), field
 
 
+@pytest.mark.parametrize("ads_as", ["sid", "title"])
+def test_rendering_in_slices_gives_the_prompts_of_one_pass(tiny_prompts, monkeypatch, ads_as):
+    """Rendering goes PAIRS_PER_SLICE pairs at a time for speed; slice edges must not show in any prompt."""
+    import leadre.prompts.render as rendering
+
+    sources = load_sources(tiny_prompts)
+    pairs = select_pairs(sources.event_log, sources.tables["ads"]["industry"].cat.codes.to_numpy(),
+                         int(pd.Timestamp(tiny_prompts.data.snapshot_time).value // 1_000_000), tiny_prompts.prompts,
+                         np.random.default_rng(3), "temporal")
+    args = (sources.event_log, sources.catalogue, pairs.user, pairs.cutoff, tiny_prompts.prompts, ads_as)
+    whole = rendering.render(*args)
+    monkeypatch.setattr(rendering, "PAIRS_PER_SLICE", 7)  # slices that cut through users' pairs
+    sliced = rendering.render(*args)
+    assert len(pairs) > 10 * 7 and whole.events_shown.sum() > 0
+    assert sliced.user_message.equals(whole.user_message)
+    for field in ("tokens", "events_shown", "last_event_ts"):
+        assert np.array_equal(getattr(sliced, field), getattr(whole, field)), field
+
+
 def test_prompts_use_only_events_before_their_cut_off(tiny_prompts):
     events = read_tables(tiny_prompts.path(tiny_prompts.data.validated_dir), ("events",))["events"]
     for split in ("train", "valid", "test"):
