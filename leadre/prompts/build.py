@@ -233,7 +233,9 @@ def _build_chunks(params: Params, shard: Shard, out: Path) -> tuple[list[dict], 
     pairs = select_pairs(event_log_, ad_intent, snapshot_ms, settings, rng, protocol, keep)
     ad_ids = ads["ad_id"].to_numpy()
 
-    context = _Context(event_log_, catalogue, settings, ads, ad_sid, ad_ids, user_ids, intents, out)
+    ad_sid_text = pa.array(ad_sid, pa.string())  # a chunk takes its answers from it, without Python strings
+    context = _Context(event_log_, catalogue, settings, ads, ad_sid_text, ad_ids, user_ids, intents, out,
+                       _AuxTexts.build(ads, ad_sid_text))
     chunk_of_pair = chunk_of_user[pairs.user]
     owned = np.unique(chunk_of_pair)
     owned = owned[shard.owns_bucket(owned)]
@@ -247,6 +249,25 @@ def _build_chunks(params: Params, shard: Shard, out: Path) -> tuple[list[dict], 
 
 
 @dataclass(frozen=True)
+class _AuxTexts:
+    """Each ad's auxiliary-task texts, made once: a chunk takes its sampled rows (pandas string work per chunk held
+    the GIL, so the other chunk's thread waited on it)."""
+
+    tasks: dict[str, tuple[pa.Array, pa.Array]]  # task -> (prompt, answer) per ads row
+    industry: pa.Array
+
+    @classmethod
+    def build(cls, ads: pd.DataFrame, ad_sid: pa.Array) -> _AuxTexts:
+        def strings(values) -> pa.Array:
+            return pa.array(np.asarray(values, dtype=object), pa.string())
+
+        return cls({"ad_to_sid": (strings(alignment.ad_to_sid_prompt(ads)), ad_sid),
+                    "sid_to_text": (strings(alignment.sid_to_text_prompt(pd.Series(ad_sid.to_numpy(False)))),
+                                    strings(alignment.sid_to_text_answer(ads)))},
+                   strings(ads["industry"].astype(str)))
+
+
+@dataclass(frozen=True)
 class _Context:
     """What every chunk reads (never writes)."""
 
@@ -254,11 +275,12 @@ class _Context:
     catalogue: Catalogue
     settings: PromptParams
     ads: pd.DataFrame
-    ad_sid: np.ndarray
+    ad_sid: pa.Array  # per ads row
     ad_ids: np.ndarray
     user_ids: np.ndarray
     intents: np.ndarray
     out: Path
+    aux: _AuxTexts
 
 
 def _build_chunk(ctx: _Context, chunk: int, pairs: Pairs) -> dict:
@@ -278,7 +300,7 @@ def _build_chunk(ctx: _Context, chunk: int, pairs: Pairs) -> dict:
                              ctx.user_ids, ctx.intents, rng)
         _write_dpo(writers, pairs, shown, ctx.ads, ctx.ad_sid, ctx.ad_ids, ctx.user_ids, ctx.intents, ctx.settings,
                    rng)
-        _write_aux(aux, ctx.ads, ctx.ad_sid, sum(len(t) for t in tokens["train"]), ctx.settings,
+        _write_aux(aux, ctx.aux, ctx.ad_ids, sum(len(t) for t in tokens["train"]), ctx.settings,
                    np.random.default_rng([ctx.settings.seed, AUX_STREAM + chunk]))
     finally:
         writers.close()
@@ -307,7 +329,7 @@ def _write_main(writers, pairs: Pairs, shown: Rendered, ad_sid, ad_ids, user_ids
         )
         columns["all_target_ad_ids"] = _id_lists(part.target_offsets, ad_ids[part.targets])
         writers.write(f"sft/{split}", _sft_table(
-            MAIN_TASK, _messages(shown.user_message.take(pa.array(index))), _answers(ad_sid[part.target_ad]),
+            MAIN_TASK, _messages(shown.user_message.take(pa.array(index))), _answers(ad_sid.take(pa.array(part.target_ad))),
             **columns))
         tokens[split].append(shown.tokens[index])
         events[split].append(shown.events_shown[index])
@@ -323,7 +345,7 @@ def _write_titles_prompt(writers, pairs: Pairs, event_log_, catalogue, settings,
     part = pairs.take(index)
     shown = render(event_log_, catalogue, part.user, part.cutoff, settings, ads_as="title")
     writers.write("sft/train", _sft_table(
-        "titles_prompt", _messages(shown.user_message), _answers(ad_sid[part.target_ad]),
+        "titles_prompt", _messages(shown.user_message), _answers(ad_sid.take(pa.array(part.target_ad))),
         intent=pa.array(intents[part.intent]).dictionary_encode(), user_id=pa.array(user_ids[part.user]),
         cutoff=pa.array(part.cutoff.astype("datetime64[ms]"), pa.timestamp("ms", tz="UTC")),
         target_ad_id=pa.array(ad_ids[part.target_ad]), prompt_tokens=pa.array(shown.tokens),
@@ -343,7 +365,8 @@ def _write_dpo(writers, pairs: Pairs, shown: Rendered, ads, ad_sid, ad_ids, user
         chosen, rejected, ecpm = part.target_ad[found], rejected[found], ads["ecpm"].to_numpy()
         writers.write(f"dpo/{split}", pa.table({
             "prompt": _messages(shown.user_message.take(pa.array(index[found]))),
-            "chosen": _answers(ad_sid[chosen]), "rejected": _answers(ad_sid[rejected]),
+            "chosen": _answers(ad_sid.take(pa.array(chosen))),
+            "rejected": _answers(ad_sid.take(pa.array(rejected))),
             "chosen_ad_id": pa.array(ad_ids[chosen]), "rejected_ad_id": pa.array(ad_ids[rejected]),
             "chosen_ecpm": pa.array(ecpm[chosen]), "rejected_ecpm": pa.array(ecpm[rejected]),
             "rejected_same_intent": pa.array(same[found]),
@@ -352,24 +375,20 @@ def _write_dpo(writers, pairs: Pairs, shown: Rendered, ads, ad_sid, ad_ids, user
         }))
 
 
-def _write_aux(writers, ads: pd.DataFrame, ad_sid, n_main: int, settings, rng):
+def _write_aux(writers, aux: _AuxTexts, ad_ids: np.ndarray, n_main: int, settings, rng):
     """Ad ↔ S-ID tasks for `n_main` main-task examples (a chunk's); every ad once before any repeats, within the
     chunk. They reuse the main-task columns (no user, no cut-off), so the files stack into one mixture."""
     for task, ratio in (("ad_to_sid", settings.aux_ratio.ad_to_sid), ("sid_to_text", settings.aux_ratio.sid_to_text)):
-        rows = alignment.sample_examples(len(ads), ratio, n_main, rng)
+        rows = alignment.sample_examples(len(ad_ids), ratio, n_main, rng)
         if len(rows) == 0:
             continue
-        chosen = ads.iloc[rows]
-        if task == "ad_to_sid":
-            prompt, answer = alignment.ad_to_sid_prompt(chosen), ad_sid[rows]
-        else:
-            prompt, answer = alignment.sid_to_text_prompt(pd.Series(ad_sid[rows])), alignment.sid_to_text_answer(chosen)
-        n = len(rows)
+        prompt, answer = aux.tasks[task]
+        taken, n = pa.array(rows), len(rows)
         writers.write("sft/train", _sft_table(
-            task, _messages(pa.array(prompt.tolist(), pa.string())), _answers(list(answer)),
-            intent=pa.array(chosen["industry"].astype(str).tolist()).dictionary_encode(),
+            task, _messages(prompt.take(taken)), _answers(answer.take(taken)),
+            intent=aux.industry.take(taken).dictionary_encode(),
             user_id=pa.array(np.full(n, -1, dtype=np.int64)),
             cutoff=pa.array(np.full(n, 0).astype("datetime64[ms]"), pa.timestamp("ms", tz="UTC")),
-            target_ad_id=pa.array(chosen["ad_id"].to_numpy()), prompt_tokens=pa.array(np.full(n, -1, dtype=np.int32)),
+            target_ad_id=pa.array(ad_ids[rows]), prompt_tokens=pa.array(np.full(n, -1, dtype=np.int32)),
             last_event_ts=pa.array(np.full(n, 0).astype("datetime64[ms]"), pa.timestamp("ms", tz="UTC")),
-            all_target_ad_ids=_id_lists(np.arange(n + 1), chosen["ad_id"].to_numpy())))
+            all_target_ad_ids=_id_lists(np.arange(n + 1), ad_ids[rows])))
