@@ -237,13 +237,16 @@ def _build_chunks(params: Params, shard: Shard, out: Path) -> tuple[list[dict], 
     context = _Context(event_log_, catalogue, settings, ads, ad_sid_text, ad_ids, user_ids, intents, out,
                        _AuxTexts.build(ads, ad_sid_text))
     chunk_of_pair = chunk_of_user[pairs.user]
-    owned = np.unique(chunk_of_pair)
-    owned = owned[shard.owns_bucket(owned)]
-    chunks = [(int(c), pairs.take(np.flatnonzero(chunk_of_pair == c))) for c in owned]
+    owned = np.flatnonzero(np.bincount(chunk_of_pair, minlength=n_chunks))  # the chunks that have pairs, in order
+    chunks = [int(c) for c in owned[shard.owns_bucket(owned)]]
+
+    def build_chunk(chunk: int) -> dict:  # a chunk's pairs are taken in its own thread: the copies run in parallel
+        return _build_chunk(context, chunk, pairs.take(np.flatnonzero(chunk_of_pair == chunk)))
+
     # numpy, pyarrow kernels and Parquet writes release the GIL: threads share the event log without copies.
     with ThreadPoolExecutor(max_workers=settings.workers) as pool:
-        results = list(pool.map(lambda chunk: _build_chunk(context, *chunk), chunks))
-    for (chunk, _), result in zip(chunks, results):
+        results = list(pool.map(build_chunk, chunks))
+    for chunk, result in zip(chunks, results):
         result["chunk"] = chunk
     return results, intents
 
