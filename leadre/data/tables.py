@@ -314,7 +314,11 @@ def write_tables(tables: Mapping[str, pd.DataFrame], out_dir: Path, manifest: di
 def read_tables(folder: Path | str, names: tuple[str, ...] = TABLES) -> dict[str, pd.DataFrame]:
     """Read written contract tables (e.g. data/validated) without re-checking them."""
     folder = Path(folder)
-    return {name: pd.read_parquet(folder / f"{name}.parquet") for name in names}
+    # What pd.read_parquet gives, without its copy of same-typed columns into one block (split_blocks): the events'
+    # int64 columns stay Arrow's buffers, and each column's Arrow memory is freed once converted (self_destruct).
+    # At 1M users (43.8M events) that read 2.0-2.6 s against 2.9-3.8 s, the frames equal.
+    return {name: pq.read_table(folder / f"{name}.parquet").to_pandas(split_blocks=True, self_destruct=True)
+            for name in names}
 
 
 def read_manifest(folder: Path | str) -> dict:
