@@ -296,6 +296,7 @@ class TrackingParams(_Section):
     experiment: str
     log_models: bool
     system_metrics_seconds: float = Field(gt=0)
+    receipts_dir: Path
 
 
 class PriorParams(_Section):

@@ -52,6 +52,14 @@ class Step:
         return " ".join(self.command)
 
 
+# The output that says a step recorded into this workspace's MLflow store or registry, which DVC cannot see; the
+# step writes it last (leadre.tracking.write_receipt). A clone trains the committed run's weights again, so without
+# it DVC skipped evaluate, gate and promote (their other outputs are committed files) and the clone's empty registry
+# got no champion. Its content is constant, so dvc.lock is too.
+def receipt(step: str) -> str:
+    return "${tracking.receipts_dir}/" + step
+
+
 _ROWS = (
     Step("validate", "leadre.data.validate:run_validate", ("data", "validate"),
          "Validate data.source_dir with Great Expectations; write data.validated_dir only if every rule holds.",
@@ -84,17 +92,17 @@ _ROWS = (
          inputs=("${data.validated_dir}", "${sids.out_dir}", "${prompts.out_dir}", "${evaluate.candidate_dir}",
                  "${sft.out_dir}", "leadre/evaluate", "leadre/decode"),
          outputs=("${evaluate.reports_dir}/summary.json", "${evaluate.metrics_file}",
-                  "${evaluate.reports_dir}/hr_at_k.csv", "${evaluate.reports_dir}/tradeoff.csv"),
+                  "${evaluate.reports_dir}/hr_at_k.csv", "${evaluate.reports_dir}/tradeoff.csv", receipt("evaluate")),
          timeout_minutes=180),
     Step("gate", "leadre.evaluate.gate:run_gate", ("gate",),
          "Decide whether the candidate may replace the champion (promote is skipped when it may not); register it "
          "as the challenger; write the decision.",
          params=("gate", "registry"),
          inputs=("${evaluate.metrics_file}", "${evaluate.reports_dir}/summary.json", "leadre/evaluate/gate.py"),
-         outputs=("${gate.decision_file}",), timeout_minutes=15),
+         outputs=("${gate.decision_file}", receipt("gate")), timeout_minutes=15),
     Step("promote", "leadre.registry.promote:run_promote", ("promote",),
          "Point the registry's `champion` alias at the challenger, if its gate passed.",
-         inputs=("${gate.decision_file}", "leadre/registry"), timeout_minutes=30),
+         inputs=("${gate.decision_file}", "leadre/registry"), outputs=(receipt("promote"),), timeout_minutes=30),
     Step("nearline", "leadre.serve.nearline:run_nearline", ("nearline",),
          "Near-line refresh: the champion's top-N live ads for every active user, published to the candidate store "
          "(runs whether or not promote ran).",

@@ -288,3 +288,11 @@ def dvc_md5(path: Path | str) -> str:
                for f in sorted(path.rglob("*")) if f.is_file()]
     entries.sort(key=lambda e: e["relpath"])
     return hashlib.md5(json.dumps(entries, sort_keys=True).encode()).hexdigest() + ".dir"
+
+
+def write_receipt(params: Params, step: str) -> None:
+    """Say that this workspace's MLflow store (and registry) holds `step`'s run: its declared output for DVC, which
+    cannot see the store (leadre/steps.py, receipt). Written last, so a failed step leaves none."""
+    from leadre.io import write_json
+
+    write_json(params.path(params.tracking.receipts_dir) / step, {"step": step})

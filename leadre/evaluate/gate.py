@@ -203,7 +203,7 @@ def run_gate(params: Params, register: bool = True, dry_run: bool = False) -> di
         decision.registry_skipped = "--dry-run: nothing registered, logged or written"
         return asdict(decision)
     from leadre.registry.models import register_candidate, registry_hold
-    from leadre.tracking import dvc_md5, log_to_parent, mlflow_name, step_run
+    from leadre.tracking import dvc_md5, log_to_parent, mlflow_name, step_run, write_receipt
 
     hold = registry_hold(params, register)
     decision.registry_skipped = hold
@@ -244,4 +244,5 @@ def run_gate(params: Params, register: bool = True, dry_run: bool = False) -> di
             decision.challenger_version = register_candidate(params, bundle, tags)
             log_to_parent(run, {}, {"leadre.challenger_version": decision.challenger_version})
     write_json(params.path(params.gate.decision_file), asdict(decision))
+    write_receipt(params, "gate")
     return asdict(decision)

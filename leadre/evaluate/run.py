@@ -159,7 +159,7 @@ def run_evaluate(params: Params) -> dict[str, Any]:
     from leadre.decode.fusion import fuse
     from leadre.decode.recommender import LlmRecommender, top_k
     from leadre.registry.models import champion_bundle
-    from leadre.tracking import mlflow_name, step_run
+    from leadre.tracking import mlflow_name, step_run, write_receipt
 
     ev, gen = params.evaluate, params.decode
     set_cpu_threads(params.model.cpu_threads)
@@ -252,4 +252,5 @@ def run_evaluate(params: Params) -> dict[str, Any]:
         mlflow.log_artifacts(str(out_dir), artifact_path="evaluation")
     write_json(out_dir / RUN_RECORD, record)
     write_json(out_dir / SUMMARY, summary)
+    write_receipt(params, "evaluate")
     return summary

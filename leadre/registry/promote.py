@@ -11,6 +11,7 @@ from typing import Any
 
 from leadre.config import Params
 from leadre.registry import models
+from leadre.tracking import write_receipt
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,12 @@ def run_promote(params: Params, force: bool = False, register: bool = True) -> d
     touch the registry (`models.registry_hold`: an ablation, a DVC experiment, `register=False`) promotes nothing:
     its gate registered no challenger, and the one there is another run's.
     """
+    result = _promote(params, force, register)
+    write_receipt(params, "promote")
+    return result
+
+
+def _promote(params: Params, force: bool, register: bool) -> dict[str, Any]:
     hold = models.registry_hold(params, register)
     if hold is not None:
         champion = models.alias_version(params, models.CHAMPION)

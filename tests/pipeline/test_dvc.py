@@ -98,6 +98,24 @@ def test_an_sft_rerun_with_the_same_weights_reruns_nothing_after_it(clone: Path)
     assert "Stage 'dpo' didn't change" in out and "Running stage" not in out
 
 
+def test_a_clone_of_a_committed_run_records_it_in_its_own_registry(clone: Path, tmp_path: Path):
+    # before: a clone trained the same weights, so DVC skipped evaluate, gate and promote (their outputs are committed
+    # files): the clone's empty MLflow store got no evaluation and its registry no champion, and `make run` served the
+    # fallback
+    _run(clone, "dvc", "repro")
+    _run(clone, "git", "add", "-A")
+    _run(clone, "git", "-c", "user.email=ci@leadre", "-c", "user.name=ci", "commit", "-qm", "a run")
+    second = tmp_path / "second"
+    _run(tmp_path, "git", "clone", "-q", str(clone), str(second))
+    out = _run(second, "dvc", "repro")
+    for stage in ("sft", "evaluate", "gate", "promote"):  # no DVC cache in a clone: the models are trained again
+        assert f"Running stage '{stage}'" in out, stage
+    versions, aliases = _registry(second)
+    assert versions == ["1"] and aliases["challenger"] == "1"
+    assert "Data and pipelines are up to date" in _run(second, "dvc", "status")
+    assert not _run(second, "git", "status", "--porcelain")  # the same dvc.lock and reports: nothing to commit
+
+
 def test_push_to_the_default_local_remote_and_track_imported_data(clone: Path):
     _run(clone, "dvc", "repro")
     _run(clone, "dvc", "push")
