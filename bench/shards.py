@@ -1,7 +1,9 @@
 """`python -m bench.shards`: prompts and near-line as 2 shards in parallel (2 processes) against 1 process.
 
 On a generated world (`--scale`, tiny by default): validate, S-IDs, prompts, tiny SFT + DPO, evaluate, gate and
-promote run once so that near-line has a champion; then each data-parallel step is timed through the real CLI:
+promote run once so that near-line has a champion (for `--steps prompts` alone, validation and a synthetic S-ID table
+as `bench.prompts` writes: no model is needed, so the 1M world prepares in minutes); then each data-parallel step is
+timed through the real CLI:
 
 - 1 shard: `leadre prompts build` (or `leadre nearline`), one process;
 - 2 shards: `--shard 0/2` and `--shard 1/2` started together, then `--merge 2`.
@@ -37,11 +39,14 @@ COMMANDS = {"prompts": ("prompts", "build"), "nearline": ("nearline",)}
 PASS = {"gate.min_relative_lift": -2.0, "gate.guardrails": {}}  # the tiny model must become champion, even at NDCG 0
 
 
-def prepare(root: Path, scale: str, model: str = "test", nearline_users: int = 0) -> Path:
+def prepare(root: Path, scale: str, model: str = "test", nearline_users: int = 0, champion: bool = True) -> Path:
     """A workspace with a champion: the retrain's steps once, tiny training settings. `model`: "test" is the test
-    suite's model (hidden 32, 2 layers: fast to generate with), "default" the shape params.yaml ships."""
+    suite's model (hidden 32, 2 layers: fast to generate with), "default" the shape params.yaml ships. Without
+    `champion`, only what prompts read: validated tables and a synthetic S-ID table."""
     import pandas as pd
 
+    from bench.prompts import write_synthetic_sids
+    from leadre.config import load_params
     from leadre.data.generate import run_generate
     from leadre.steps import run_step
     from tests.conftest import FAST_TRAINING, write_params
@@ -56,9 +61,14 @@ def prepare(root: Path, scale: str, model: str = "test", nearline_users: int = 0
     params = write_params(root, settings)
     run_generate(params)
     users = len(pd.read_parquet(params.path(params.data.generated_dir) / "users.parquet", columns=["user_id"]))
-    # about 8 chunks of users, so that 2 shards split the prompts evenly
-    write_params(root, {**settings, "prompts.users_per_chunk": max(1, -(-users // 8))})
+    # at least 8 chunks of users, so that 2 shards split the prompts evenly; params.yaml's chunk size where it gives more
+    chunk = min(repo_params["prompts"]["users_per_chunk"], max(1, -(-users // 8)))
+    write_params(root, {**settings, "prompts.users_per_chunk": chunk})
     params_file = root / "params.yaml"
+    if not champion:
+        run_step("validate", params_file)
+        write_synthetic_sids(load_params(params_file))
+        return params_file
     for step in ("validate", "sids", "prompts", "sft", "dpo", "evaluate"):
         print(f"  prepare: {step}", flush=True)
         run_step(step, params_file)
@@ -157,8 +167,10 @@ def main() -> None:
             params_file = args.params.resolve()
             scale = yaml.safe_load(params_file.read_text(encoding="utf-8"))["world"]["scale"]
         else:
-            print(f"preparing a {args.scale} world with a champion in {root} …", flush=True)
-            params_file, scale = prepare(root, args.scale, args.model, args.nearline_users), args.scale
+            champion = "nearline" in args.steps.split(",")
+            print(f"preparing a {args.scale} world{' with a champion' if champion else ''} in {root} …", flush=True)
+            params_file = prepare(root, args.scale, args.model, args.nearline_users, champion)
+            scale = args.scale
         steps = {step: time_step(step, params_file, rounds=args.rounds) for step in args.steps.split(",")}
         result = {"scale": scale, "model": args.model, "nearline_users": args.nearline_users,
                   "cpus": os.cpu_count(), "load_average": [round(x, 1) for x in os.getloadavg()],
