@@ -5,9 +5,11 @@ search of the same width: same model, same prompts, same process.
 Shapes (random-init Qwen2: weights do not change how long a forward pass takes; S-ID tokens sit after the text
 vocabulary, as when they are added to a tokenizer as special tokens):
 - `default`: what `leadre evaluate` and the near-line job run on the default world: the builtin tiny model (hidden
-  128, 3 layers, 4 heads / 2 KV heads, 2k text tokens + 320 S-ID tokens), prompts of 90–100 tokens, ~1.5k live ads
-  with 5-token S-IDs (4 levels × 64 codes + a collision index), each user excluding a few engaged ads.
+  128, 3 layers, 4 heads / 2 KV heads, 2k text tokens + 320 S-ID tokens: 2,368 in all), prompts of 90–100 tokens,
+  ~1.5k live ads with 5-token S-IDs (4 levels × 64 codes + a collision index), each user excluding a few engaged ads.
 - `large`: hidden 256, 4 layers, an 8k text vocabulary, ~300-token prompts, 2000 S-IDs (4 × 32 + collision index).
+The model's vocabulary holds every S-ID token as `leadre sft` adds them (`leadre.sids.build.sid_vocabulary`: each
+level's codebook, then `collisions` indexes), not only those the live ads use: the LM head's width is the real one.
 
 Methods, taking turns (ABBA… so a busy spell on a shared machine lands on all alike):
 - `before`: the search as it was before prompt-prefix sharing (`_reference_search_batch` below, kept verbatim for
@@ -41,14 +43,16 @@ from leadre.decode.beam import (
     left_pad,
     select_rows,
 )
-from leadre.sids.trie import SidTrie, format_sid
+from leadre.sids.trie import SidTrie, format_sid, sid_token
 
 SHAPES: dict[str, dict[str, Any]] = {
-    "default": {"text_vocab": 2_048, "ads": 1_500, "levels": 4, "codebook": 64, "prompt_tokens": (90, 100),
+    "default": {"text_vocab": 2_048, "ads": 1_500, "levels": 4, "codebook": 64, "collisions": 64,
+                "prompt_tokens": (90, 100),
                 "excluded_per_user": 5,
                 "model": {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 3,
                           "num_attention_heads": 4, "num_key_value_heads": 2}},
-    "large": {"text_vocab": 8_000, "ads": 2_000, "levels": 4, "codebook": 32, "prompt_tokens": (270, 330),
+    "large": {"text_vocab": 8_000, "ads": 2_000, "levels": 4, "codebook": 32, "collisions": 64,
+              "prompt_tokens": (270, 330),
               "excluded_per_user": 0,
               "model": {"hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 4,
                         "num_attention_heads": 4, "num_key_value_heads": 2}},
@@ -76,7 +80,8 @@ def build(shape: dict[str, Any], users: int):
     rng = np.random.default_rng(SEED)
     sids = random_sids(rng, shape["ads"], shape["levels"], shape["codebook"])
     arrays = SidTrie.from_sids(sids).to_arrays()
-    vocab = sorted(set(arrays.child_tokens))
+    vocab = [sid_token(level, code) for level in range(shape["levels"]) for code in range(shape["codebook"])]
+    vocab += [sid_token(shape["levels"], index) for index in range(shape["collisions"])]
     trie = TokenTrie.build(arrays, {token: shape["text_vocab"] + i for i, token in enumerate(vocab)})
     torch.manual_seed(SEED)
     model = Qwen2ForCausalLM(Qwen2Config(vocab_size=shape["text_vocab"] + len(vocab), **shape["model"])).eval()
