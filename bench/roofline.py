@@ -5,6 +5,8 @@ this CPU's float32 matmul speed, and so how much faster they can still get at th
   `sft.batch_size` rows of `--length` tokens (the default world's prompts are ~95 tokens, plus the answer), loss on
   the answer; forward, backward and AdamW, as `leadre sft` runs them.
 - decode: `bench.decode`'s default shape (the same model shape), beam 20, 64 users, as `leadre evaluate` searches.
+- S-ID encoding: `sids.encoder` (MiniLM) in float32 over ad texts of a generated default world, through
+  `encode_texts` as `leadre sids build` runs it (same-length batches of `sids.batch_size`).
 
 FLOPs are counted by torch's FlopCounterMode (matrix products; the attention kernel of the prompt pass and the
 element-wise work are not counted, so the share of peak is a lower bound). The peak is the best of several float32
@@ -24,7 +26,7 @@ import torch
 
 from bench import save_results
 
-SFT_LENGTH, DECODE_USERS, BEAM = 104, 64, 20
+SFT_LENGTH, DECODE_USERS, BEAM, ENCODER_TEXTS = 104, 64, 20, 512
 
 
 def _median_seconds(fn, repeats: int) -> float:
@@ -99,6 +101,34 @@ def decode_search():
     return search, DECODE_USERS, (32 * BEAM, shape["model"]["hidden_size"], model.config.vocab_size)
 
 
+def encoder_batch(texts: int = ENCODER_TEXTS):
+    """(encoding function, texts per call, product shape of its widest layer: the feed-forward's first)."""
+    import tempfile
+
+    import pandas as pd
+
+    from leadre.data.generate import run_generate
+    from leadre.sids.build import ad_texts
+    from leadre.sids.encoder import _load, encode_texts, resolve_encoder_dir
+    from tests.conftest import write_params
+
+    with tempfile.TemporaryDirectory() as root:
+        params = write_params(Path(root), {"world.scale": "default"})
+        run_generate(params)
+        ads = pd.read_parquet(params.path(params.data.generated_dir) / "ads.parquet")
+    sample = ad_texts(ads)[:texts]
+    folder = resolve_encoder_dir(params.sids.encoder)
+    tokenizer, model, _ = _load(str(folder))
+    tokens = int(np.mean([len(ids) for ids in tokenizer(sample)["input_ids"]]))
+
+    def encode():
+        encode_texts(folder, sample, params.sids.batch_size)
+
+    config = model.config
+    return encode, len(sample), (min(params.sids.batch_size, len(sample)) * tokens, config.hidden_size,
+                                 config.intermediate_size)
+
+
 def measure(name: str, unit: str, make, threads: int, repeats: int) -> dict:
     torch.set_num_threads(threads)
     fn, units, head = make()
@@ -133,6 +163,7 @@ def main() -> None:
         rows.append(measure("SFT step", "token", lambda: sft_step(args.length), threads, args.repeats))
         if threads == 1:  # the decode target is set on one thread
             rows.append(measure(f"decode, beam {BEAM}", "user", decode_search, threads, args.repeats))
+        rows.append(measure("S-ID encoding", "text", encoder_batch, threads, max(3, args.repeats // 5)))
     print(report(rows))
     print(f"\nsaved {save_results('roofline', rows)}")
 
