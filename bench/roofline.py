@@ -27,6 +27,7 @@ import torch
 from bench import save_results
 
 SFT_LENGTH, DECODE_USERS, BEAM, ENCODER_TEXTS = 104, 64, 20, 512
+S_ID_TARGET_ADS, S_ID_TARGET_SECONDS = 200_000, 8 * 60  # issue 14: semantic IDs for 200k ads in 8 minutes
 
 
 def _median_seconds(fn, repeats: int) -> float:
@@ -129,7 +130,20 @@ def encoder_batch(texts: int = ENCODER_TEXTS):
                                  config.intermediate_size)
 
 
-def measure(name: str, unit: str, make, threads: int, repeats: int) -> dict:
+def sft_target(r: dict) -> str:
+    return f"2× tokens/s needs {2 * r['share_of_peak']:.0%} of peak"
+
+
+def decode_target(r: dict) -> str:
+    return "3× the previous search: `bench.decode` runs both"
+
+
+def encoder_target(r: dict) -> str:
+    needed = S_ID_TARGET_ADS * r["gflop_per_unit"] / S_ID_TARGET_SECONDS
+    return f"200k ads in 8 min needs {needed:.0f} GFLOP/s, {needed / r['peak_gflop_per_second']:.1f}× peak"
+
+
+def measure(name: str, unit: str, make, threads: int, repeats: int, target) -> dict:
     torch.set_num_threads(threads)
     fn, units, head = make()
     flops = _flops(fn)
@@ -138,17 +152,19 @@ def measure(name: str, unit: str, make, threads: int, repeats: int) -> dict:
     peak = matmul_peak(*head)
     return {"workload": name, "unit": unit, "threads": threads, "gflop_per_unit": flops / units / 1e9,
             "units_per_second": units / seconds, "gflop_per_second": achieved, "peak_shape": list(head),
-            "peak_gflop_per_second": peak, "share_of_peak": achieved / peak, "headroom": peak / achieved}
+            "peak_gflop_per_second": peak, "share_of_peak": achieved / peak, "headroom": peak / achieved} | \
+        {"target": target({"gflop_per_unit": flops / units / 1e9, "share_of_peak": achieved / peak,
+                           "peak_gflop_per_second": peak})}
 
 
 def report(rows: list[dict]) -> str:
     lines = ["| workload | threads | MFLOP per unit | units/s | achieved GFLOP/s | matmul peak GFLOP/s (shape) | "
-             "share of peak | headroom |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "share of peak | headroom | issue 14's target |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         shape = "×".join(str(x) for x in r["peak_shape"])
         lines.append(f"| {r['workload']} | {r['threads']} | {r['gflop_per_unit'] * 1e3:,.2f} per {r['unit']} | "
                      f"{r['units_per_second']:,.0f} | {r['gflop_per_second']:.1f} | {r['peak_gflop_per_second']:.1f} "
-                     f"({shape}) | {r['share_of_peak']:.0%} | {r['headroom']:.2f}× |")
+                     f"({shape}) | {r['share_of_peak']:.0%} | {r['headroom']:.2f}× | {r['target']} |")
     return "\n".join(lines)
 
 
@@ -160,10 +176,11 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for threads in (int(t) for t in args.threads.split(",")):
-        rows.append(measure("SFT step", "token", lambda: sft_step(args.length), threads, args.repeats))
+        rows.append(measure("SFT step", "token", lambda: sft_step(args.length), threads, args.repeats, sft_target))
         if threads == 1:  # the decode target is set on one thread
-            rows.append(measure(f"decode, beam {BEAM}", "user", decode_search, threads, args.repeats))
-        rows.append(measure("S-ID encoding", "text", encoder_batch, threads, max(3, args.repeats // 5)))
+            rows.append(measure(f"decode, beam {BEAM}", "user", decode_search, threads, args.repeats, decode_target))
+        rows.append(measure("S-ID encoding", "text", encoder_batch, threads, max(3, args.repeats // 5),
+                            encoder_target))
     print(report(rows))
     print(f"\nsaved {save_results('roofline', rows)}")
 
