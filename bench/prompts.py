@@ -34,7 +34,7 @@ def naive_render_seconds_per_pair(params: Params) -> float:
     """Render a sample of main-task pairs the obvious way, one pair and one event at a time."""
     from leadre.data.tables import read_tables
     from leadre.prompts.build import event_log
-    from leadre.prompts.pairs import select_pairs
+    from leadre.prompts.pairs import PairDraws, select_pairs
 
     write_synthetic_sids(params)
     tables = read_tables(params.path(params.data.validated_dir))
@@ -43,8 +43,7 @@ def naive_render_seconds_per_pair(params: Params) -> float:
     texts = sids + titles.tolist()[len(sids):]
     ads = tables["ads"]
     snapshot_ms = int(pd.Timestamp(params.data.snapshot_time).value // 1_000_000)
-    pairs = select_pairs(log, ads["industry"].cat.codes.to_numpy(), snapshot_ms, params.prompts,
-                         np.random.default_rng(0))
+    pairs = select_pairs(log, ads["industry"].cat.codes.to_numpy(), snapshot_ms, params.prompts, PairDraws(0))
     sample = np.random.default_rng(1).choice(len(pairs), size=min(SAMPLE_PAIRS, len(pairs)), replace=False)
     users = tables["users"].set_index(np.arange(len(tables["users"])))
     started = time.perf_counter()

@@ -30,11 +30,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from leadre.config import Params, PromptParams
+from leadre.data.contracts import TABLES
 from leadre.data.tables import DataError, Finding, read_tables
 from leadre.io import atomic_dir
 from leadre.prompts import MAIN_TASK, SPLITS, alignment
 from leadre.prompts.card import log_card, sum_rows, write_card, write_chunk_stats
-from leadre.prompts.pairs import EventLog, Pairs, run_starts, select_pairs
+from leadre.prompts.pairs import EventLog, PairDraws, Pairs, run_starts, select_pairs
 from leadre.prompts.render import Catalogue, Rendered, render
 from leadre.prompts.tokens import TokenCounter
 from leadre.sharding import ALL, Shard, bucket_of, parts_dir
@@ -161,6 +162,23 @@ def _ad_sids(params: Params, ads: pd.DataFrame) -> np.ndarray:
     return ad_sid.astype(str).to_numpy()
 
 
+def read_prompt_tables(params: Params, shard: Shard = ALL) -> tuple[dict[str, pd.DataFrame], np.ndarray]:
+    """The validated tables, with only the events of the users `shard` owns, and each user's chunk.
+
+    The events are filtered as Arrow, before pandas and the event log see them: a shard of n builds 1/n of the
+    largest arrays of the step, where every shard building the whole log was most of its fixed cost."""
+    folder = params.path(params.data.validated_dir)
+    tables = read_tables(folder, tuple(name for name in TABLES if name != "events"))
+    user_ids = tables["users"]["user_id"].to_numpy()
+    chunk_of_user = bucket_of(user_ids, -(-len(user_ids) // params.prompts.users_per_chunk))
+    events = pq.read_table(folder / "events.parquet")
+    if shard.count > 1:
+        owner = _rows_of(pd.Index(user_ids), events.column("user_id").to_numpy())
+        events = events.filter(pa.array(shard.owns_bucket(chunk_of_user)[owner]))
+    tables["events"] = events.to_pandas(split_blocks=True, self_destruct=True)
+    return tables, chunk_of_user
+
+
 def load_sources(params: Params, tables: dict[str, pd.DataFrame] | None = None) -> PromptSources:
     """From the validated tables (read here unless the caller already has them; their events frame is consumed)."""
     settings = params.prompts
@@ -212,13 +230,13 @@ def run_build_prompts(params: Params, shard: Shard | None = None) -> dict:
 def _build_chunks(params: Params, shard: Shard, out: Path) -> tuple[list[dict], np.ndarray]:
     """Render and write the chunks of users `shard` owns; returns each chunk's numbers for the card, and the intents.
 
-    A shard selects only its users' pairs, with the draws one run makes over all users (select_pairs' `keep`); a
-    user's chunk is a hash of the user id into a number of chunks fixed by the users table alone, and a chunk's
-    draws are seeded by its number: no output depends on the shard count.
+    A shard reads only its users' events. A user's chunk is a hash of the user id into a number of chunks fixed by
+    the users table alone, and every random draw of a chunk (its pairs', its prompts', its auxiliary tasks') comes
+    from streams seeded by its number: no output depends on the shard count.
     """
     settings = params.prompts
-    rng = np.random.default_rng(settings.seed)  # pair selection; each chunk has its own stream
-    sources = load_sources(params)
+    tables, chunk_of_user = read_prompt_tables(params, shard)
+    sources = load_sources(params, tables)
     tables, ad_sid, event_log_, catalogue = sources.tables, sources.ad_sid, sources.event_log, sources.catalogue
     ads = tables["ads"]
     protocol = params.evaluate.protocol
@@ -228,9 +246,8 @@ def _build_chunks(params: Params, shard: Shard, out: Path) -> tuple[list[dict], 
     intents = ads["industry"].cat.categories.astype(str).to_numpy()
     user_ids = tables["users"]["user_id"].to_numpy()
     n_chunks = -(-len(user_ids) // settings.users_per_chunk)
-    chunk_of_user = bucket_of(user_ids, n_chunks)
-    keep = None if shard.count == 1 else shard.owns_bucket(chunk_of_user)
-    pairs = select_pairs(event_log_, ad_intent, snapshot_ms, settings, rng, protocol, keep)
+    pairs = select_pairs(event_log_, ad_intent, snapshot_ms, settings, PairDraws(settings.seed, chunk_of_user),
+                         protocol)
     ad_ids = ads["ad_id"].to_numpy()
 
     ad_sid_text = pa.array(ad_sid, pa.string())  # a chunk takes its answers from it, without Python strings

@@ -110,6 +110,36 @@ class Pairs:
                      self.target_ts[index], self.intent[index], self.targets[flat], offsets)
 
 
+# What pair selection draws for, each with its own stream per chunk: [seed, chunk, purpose]. The purpose is never 0
+# because numpy's SeedSequence ignores trailing zeros ([s, c, 0] is [s, c], the chunk's prompt stream in build.py).
+HELD_OUT_DRAWS, TRAIN_CUTOFF_DRAWS = (1 << 31) + 1, (1 << 31) + 2
+
+
+@dataclass(frozen=True)
+class PairDraws:
+    """The uniform numbers pair selection draws, chunk by chunk of users: a row's number comes from the stream
+    (seed, its user's chunk, purpose), in the rows' order within the chunk.
+
+    So a user's draws depend on its chunk's users alone, never on which other chunks the event log holds: a shard
+    of the prompts step reads only its own users' events and selects exactly the pairs one run over every user
+    selects for them. `chunk_of_user` (per user row; None: every user in chunk 0) is the prompts step's chunks."""
+
+    seed: int
+    chunk_of_user: np.ndarray | None = None
+
+    def uniform(self, purpose: int, users: np.ndarray) -> np.ndarray:
+        """One number in [0, 1) per entry of `users` (user rows)."""
+        chunks = np.zeros(len(users), dtype=np.int64) if self.chunk_of_user is None else self.chunk_of_user[users]
+        if len(chunks) and chunks.max() < 2**16:  # a stable sort of 16-bit keys is a radix sort: one pass
+            chunks = chunks.astype(np.uint16)
+        order = np.argsort(chunks, kind="stable")
+        starts = np.flatnonzero(run_starts(chunks[order]))
+        out = np.empty(len(users))
+        for chunk, lo, hi in zip(chunks[order[starts]], starts, np.append(starts[1:], len(users))):
+            out[order[lo:hi]] = np.random.default_rng([self.seed, int(chunk), purpose]).random(hi - lo)
+        return out
+
+
 def run_starts(values: np.ndarray) -> np.ndarray:
     """Mask of the positions where a run of equal values begins (of an array in order: where a new value starts)."""
     starts = np.ones(len(values), dtype=bool)
@@ -160,19 +190,17 @@ def leave_out_targets(user: np.ndarray, ts: np.ndarray, ad: np.ndarray) -> tuple
 
 
 def select_pairs(log: EventLog, ad_industry: np.ndarray, snapshot_ms: int, params: PromptParams,
-                 rng: np.random.Generator, protocol: str = "temporal", keep: np.ndarray | None = None) -> Pairs:
+                 draws: PairDraws, protocol: str = "temporal") -> Pairs:
     """Cut-offs and intent-grouped targets for every split, under the temporal or the leave-last-out protocol.
 
-    `keep` (a mask over users) selects only those users' pairs, exactly the rows and order the unmasked call gives
-    them: the random draws are still made for every user, so each user's draws do not depend on the mask (a shard
-    of the prompts step selects its own users' pairs, and the costly grouping of targets shrinks with its share).
+    A user's pairs depend on its own events and its chunk's draws only (`PairDraws`): a log that holds some chunks'
+    users gives exactly the pairs a log of every user gives them.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
-    keep = np.ones(len(log.user_start), dtype=bool) if keep is None else keep
     e = _engagements(log)
     if protocol == "leave_last_out":
-        return _leave_last_out_pairs(log, e, ad_industry, params, rng, keep)
+        return _leave_last_out_pairs(log, e, ad_industry, params, draws)
     test_cut = snapshot_ms - params.holdout_days * MS_PER_DAY
     valid_cut = test_cut - params.holdout_days * MS_PER_DAY
 
@@ -180,28 +208,26 @@ def select_pairs(log: EventLog, ad_industry: np.ndarray, snapshot_ms: int, param
     # window it is used for; share 1 holds out everybody (train then ends at the valid cut-off for all).
     active = _distinct_sorted(e.user)
     held_out = np.zeros(len(log.user_start), dtype=bool)
-    held_out[active[rng.random(len(active)) < params.valid_user_share]] = True
+    held_out[active[draws.uniform(HELD_OUT_DRAWS, active) < params.valid_user_share]] = True
 
     cuts = []
     for split, start, end in ((1, valid_cut, test_cut), (2, test_cut, snapshot_ms)):
         users = _distinct_sorted(e.user[(e.ts >= start) & (e.ts < end)])
-        users = users[keep[users]]
         enough = log.position(users, np.full(len(users), start)) - log.user_start[users] >= params.min_history_events
         users = users[enough & held_out[users]] if split == 1 else users[enough]
         cuts.append((users, np.full(len(users), start), np.full(len(users), end), np.full(len(users), split)))
     train_end = np.where(held_out[e.user], valid_cut, test_cut)  # per engagement: its user's end of training
-    cuts.append(_train_cutoffs(log, e, train_end, params, rng, keep))
+    cuts.append(_train_cutoffs(log, e, train_end, params, draws))
     return _window_pairs(log, e, ad_industry, *(np.concatenate(x) for x in zip(*cuts)))
 
 
 def _leave_last_out_pairs(log: EventLog, e: _Engagements, ad_industry: np.ndarray, params: PromptParams,
-                          rng: np.random.Generator, keep: np.ndarray) -> Pairs:
+                          draws: PairDraws) -> Pairs:
     users, valid, test = leave_out_targets(e.user, e.ts, e.ad)
     # Training ends at the user's valid target; a user without one is never scored and trains on everything.
     user_end = np.full(len(log.user_start), np.iinfo(np.int64).max)
     user_end[users] = e.ts[valid]
-    train = _window_pairs(log, e, ad_industry, *_train_cutoffs(log, e, user_end[e.user], params, rng, keep))
-    users, valid, test = users[keep[users]], valid[keep[users]], test[keep[users]]
+    train = _window_pairs(log, e, ad_industry, *_train_cutoffs(log, e, user_end[e.user], params, draws))
     # One pair per user and split: the held-out ad alone is relevant, at the instant it was engaged with.
     held = np.concatenate([valid, test])
     split = np.repeat([1, 2], len(users))
@@ -221,7 +247,7 @@ def _concat(parts: list[Pairs]) -> Pairs:
 
 
 def _train_cutoffs(log: EventLog, e: _Engagements, train_end: np.ndarray, params: PromptParams,
-                   rng: np.random.Generator, keep: np.ndarray) -> tuple[np.ndarray, ...]:
+                   draws: PairDraws) -> tuple[np.ndarray, ...]:
     """(user, cut-off, end, split) of the train pairs; `train_end` is each engagement's user's end of training.
 
     At earlier clicks with enough history, a few per user, chosen at random. Not at conversions: the answer there
@@ -234,13 +260,11 @@ def _train_cutoffs(log: EventLog, e: _Engagements, train_end: np.ndarray, params
     # sample without replacement (Efraimidis-Spirakis), weight 2^(-age / half-life); uniform without a half-life.
     # The keys are compared as logarithms: 2^(age / half-life) overflows to inf past ~40 years at 14 days (an
     # imported log), and ties of inf would draw the oldest clicks first
-    draw = rng.random(len(candidates))
+    draw = draws.uniform(TRAIN_CUTOFF_DRAWS, e_user[candidates])
     if params.train_cutoff_half_life_days:
         age_days = (train_end[candidates] - e_ts[candidates]) / MS_PER_DAY
         with np.errstate(divide="ignore"):  # a draw of exactly 0 is key -inf: drawn first, as its key 0 was
             draw = np.log(-np.log1p(-draw)) + np.log(2.0) * age_days / params.train_cutoff_half_life_days
-    kept = keep[e_user[candidates]]  # after the draw: every candidate consumes its number, kept or not
-    candidates, draw = candidates[kept], draw[kept]
     # candidates are in (user, time) order, so each user's are one run
     candidates = candidates[_smallest_per_run(draw, e_user[candidates], params.max_train_cutoffs_per_user)]
     return (e_user[candidates], e_ts[candidates],

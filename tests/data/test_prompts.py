@@ -13,7 +13,7 @@ from leadre.config import Params
 from leadre.data.tables import read_tables, write_tables
 from leadre.data.validate import run_validate
 from leadre.prompts.build import load_sources, run_build_prompts
-from leadre.prompts.pairs import PROTOCOLS, select_pairs
+from leadre.prompts.pairs import HELD_OUT_DRAWS, PROTOCOLS, TRAIN_CUTOFF_DRAWS, PairDraws, select_pairs
 from leadre.prompts.tokens import BUILTIN_MINILM, SID_TOKEN, TokenCounter, minilm_folder
 from tests.conftest import write_params
 
@@ -211,18 +211,37 @@ def tiny_prompts(tmp_path_factory) -> Params:
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_a_shards_pairs_are_its_users_pairs_of_the_whole_run(tiny_prompts, protocol):
-    """A prompts shard selects only its users' pairs: the same rows, in the same order, as one run gives them."""
-    sources = load_sources(tiny_prompts)
-    log, ads = sources.event_log, sources.tables["ads"]
-    args = (log, ads["industry"].cat.codes.to_numpy(),
-            int(pd.Timestamp(tiny_prompts.data.snapshot_time).value // 1_000_000), tiny_prompts.prompts)
-    whole = select_pairs(*args, np.random.default_rng(3), protocol)
-    keep = np.arange(len(log.user_start) - 1) % 3 == 1
-    part = select_pairs(*args, np.random.default_rng(3), protocol, keep)
-    expected = whole.take(np.flatnonzero(keep[whole.user]))
+    """A prompts shard reads only its users' events: from that log alone it must select the same rows, in the same
+    order, as one run over every user gives them (each chunk draws from its own streams)."""
+    from leadre.prompts.build import read_prompt_tables
+    from leadre.sharding import Shard
+
+    def pairs_of(shard: Shard):
+        tables, chunk_of_user = read_prompt_tables(tiny_prompts, shard)
+        sources = load_sources(tiny_prompts, tables)
+        return chunk_of_user, select_pairs(
+            sources.event_log, sources.tables["ads"]["industry"].cat.codes.to_numpy(),
+            int(pd.Timestamp(tiny_prompts.data.snapshot_time).value // 1_000_000), tiny_prompts.prompts,
+            PairDraws(3, chunk_of_user), protocol)
+
+    chunk_of_user, whole = pairs_of(Shard(0, 1))
+    shard = Shard(1, 3)
+    _, part = pairs_of(shard)
+    expected = whole.take(np.flatnonzero(shard.owns_bucket(chunk_of_user)[whole.user]))
     assert 0 < len(part) < len(whole) and (part.split == 0).any() and (part.split > 0).any()
     for field in ("user", "cutoff", "split", "target_ad", "target_ts", "intent", "targets", "target_offsets"):
         assert np.array_equal(getattr(part, field), getattr(expected, field)), field
+
+
+def test_each_chunk_draws_from_its_own_streams():
+    """A user's draws depend on its chunk alone: the same numbers whatever other chunks' users are drawn for."""
+    chunk_of_user = np.array([0, 1, 0, 2, 1, 0])
+    draws = PairDraws(7, chunk_of_user)
+    every = draws.uniform(TRAIN_CUTOFF_DRAWS, np.array([0, 0, 1, 2, 3, 4, 5, 5]))
+    some = draws.uniform(TRAIN_CUTOFF_DRAWS, np.array([0, 0, 2, 5, 5]))  # chunk 0's rows, in the same order
+    assert np.array_equal(some, every[[0, 1, 3, 6, 7]])
+    assert len(set(every.tolist())) == len(every) and ((every >= 0) & (every < 1)).all()
+    assert not np.array_equal(draws.uniform(HELD_OUT_DRAWS, np.arange(6)), draws.uniform(TRAIN_CUTOFF_DRAWS, np.arange(6)))
 
 
 @pytest.mark.parametrize("ads_as", ["sid", "title"])
@@ -233,7 +252,7 @@ def test_rendering_in_slices_gives_the_prompts_of_one_pass(tiny_prompts, monkeyp
     sources = load_sources(tiny_prompts)
     pairs = select_pairs(sources.event_log, sources.tables["ads"]["industry"].cat.codes.to_numpy(),
                          int(pd.Timestamp(tiny_prompts.data.snapshot_time).value // 1_000_000), tiny_prompts.prompts,
-                         np.random.default_rng(3), "temporal")
+                         PairDraws(3), "temporal")
     args = (sources.event_log, sources.catalogue, pairs.user, pairs.cutoff, tiny_prompts.prompts, ads_as)
     whole = rendering.render(*args)
     monkeypatch.setattr(rendering, "PAIRS_PER_SLICE", 7)  # slices that cut through users' pairs
@@ -444,8 +463,7 @@ def test_a_cutoff_half_life_prefers_recent_clicks_even_decades_back(tmp_path):
                    actions=np.array(["click_ad"]), categories=np.array(["retail"]), user_start=np.array([0, clicks]))
     engagements = _engagements(log)
     train_end = np.full(clicks, pd.Timestamp("2026-01-01").value // 1_000_000)
-    _, cutoffs, _, _ = _train_cutoffs(log, engagements, train_end, params.prompts, np.random.default_rng(0),
-                                      np.ones(1, dtype=bool))
+    _, cutoffs, _, _ = _train_cutoffs(log, engagements, train_end, params.prompts, PairDraws(0))
     assert list(cutoffs) == list(ts[-3:])
 
 
