@@ -169,23 +169,28 @@ def read_prompt_tables(params: Params, shard: Shard = ALL) -> tuple[dict[str, pd
     holds and builds 1/n of the largest arrays of the step, where every shard building the whole log was most of its
     fixed cost (and a row group's arrays, freed at once, are reused for the next instead of fresh memory)."""
     folder = params.path(params.data.validated_dir)
+    if shard.count == 1:
+        tables = read_tables(folder)
+        return tables, bucket_of(tables["users"]["user_id"].to_numpy(), chunk_count(len(tables["users"]), params.prompts))
     tables = read_tables(folder, tuple(name for name in TABLES if name != "events"))
     user_ids = tables["users"]["user_id"].to_numpy()
-    chunks = -(-len(user_ids) // params.prompts.users_per_chunk)
-    if shard.count == 1:
-        events = pq.read_table(folder / "events.parquet")
-    else:
-        events_file = pq.ParquetFile(folder / "events.parquet")
-        parts = [events_file.schema_arrow.empty_table()]
-        for group in range(events_file.num_row_groups):
-            part = events_file.read_row_group(group)
-            ids = part.column("user_id").to_numpy()  # sorted: a user's events are one run
-            starts = np.flatnonzero(run_starts(ids))
-            owned = shard.owns_bucket(bucket_of(ids[starts], chunks))
-            parts.append(part.filter(pa.array(np.repeat(owned, np.diff(np.append(starts, len(ids)))))))
-        events = pa.concat_tables(parts)
-    tables["events"] = events.to_pandas(split_blocks=True, self_destruct=True)
+    chunks = chunk_count(len(user_ids), params.prompts)
+    events_file = pq.ParquetFile(folder / "events.parquet")
+    parts = [events_file.schema_arrow.empty_table()]  # the schema, even for a file without row groups
+    for group in range(events_file.num_row_groups):
+        part = events_file.read_row_group(group)
+        ids = part.column("user_id").to_numpy()  # sorted: a user's events are one run
+        starts = np.flatnonzero(run_starts(ids))
+        owned = shard.owns_bucket(bucket_of(ids[starts], chunks))
+        parts.append(part.filter(pa.array(np.repeat(owned, np.diff(np.append(starts, len(ids)))))))
+    # converted as read_tables converts
+    tables["events"] = pa.concat_tables(parts).to_pandas(split_blocks=True, self_destruct=True)
     return tables, bucket_of(user_ids, chunks)
+
+
+def chunk_count(users: int, settings: PromptParams) -> int:
+    """How many chunks the users fall into: fixed by the users table and `users_per_chunk`, never by the shards."""
+    return -(-users // settings.users_per_chunk)
 
 
 def load_sources(params: Params, tables: dict[str, pd.DataFrame] | None = None) -> PromptSources:
@@ -254,7 +259,7 @@ def _build_chunks(params: Params, shard: Shard, out: Path) -> tuple[list[dict], 
     ad_intent = ads["industry"].cat.codes.to_numpy()
     intents = ads["industry"].cat.categories.astype(str).to_numpy()
     user_ids = tables["users"]["user_id"].to_numpy()
-    n_chunks = -(-len(user_ids) // settings.users_per_chunk)
+    n_chunks = chunk_count(len(user_ids), settings)
     pairs = select_pairs(event_log_, ad_intent, snapshot_ms, settings, PairDraws(settings.seed, chunk_of_user),
                          protocol)
     ad_ids = ads["ad_id"].to_numpy()
